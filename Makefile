@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   create .venv, generate the offline Shapes dataset, train FCOS on CPU, evaluate mAP
+#   make test   create .venv, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+# Re-install when pyproject.toml changes; the stamp file records a finished install.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	$(PY) train_fcos.py --dataset shapes --run-dir runs/shapes-demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_nms.py
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_inference.py
+
+clean:
+	rm -rf $(VENV) runs mAP .pytest_cache
