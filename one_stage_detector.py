@@ -346,6 +346,14 @@ class FCOS(nn.Module):
             )
         if not bool(torch.isfinite(images).all()):
             raise ValueError("FCOS.forward: images contain NaN or inf values")
+        height, width = images.shape[-2:]
+        if self.training and images.shape[0] * math.ceil(height / 32) * math.ceil(width / 32) < 2:
+            # Otherwise BatchNorm fails deep inside torch ("Expected more than 1 value per channel").
+            raise ValueError(
+                "FCOS.forward: in training mode BatchNorm needs more than one value per channel at "
+                f"stride 32 (B * ceil(H/32) * ceil(W/32) >= 2), got images of shape {tuple(images.shape)}; "
+                "use a batch of >= 2 images or images larger than 32 px"
+            )
 
     def _check_gt_boxes(self, images: torch.Tensor, gt_boxes: Optional[torch.Tensor]) -> None:
         if gt_boxes is None:
@@ -398,6 +406,8 @@ class FCOS(nn.Module):
         """
         self._check_images(images)
         if self.training:
+            if isinstance(gt_boxes, torch.Tensor) and not gt_boxes.is_floating_point():
+                gt_boxes = gt_boxes.to(images.dtype)  # integer pixel boxes are fine; -1 stays -1
             self._check_gt_boxes(images, gt_boxes)
 
         feats_per_fpn_level = self.backbone(images)

@@ -45,6 +45,10 @@ Deviations from Cartucho's ``main.py`` (none changes an AP of well-formed input)
   this value, see ``_class_pr``.
 - Blank lines are skipped (Cartucho errors on them), and ``difficult`` must be the 6th token of
   a GT line (Cartucho looks for the substring anywhere in the line).
+- Non-finite numbers (``nan``, ``inf``) in any file and ground-truth boxes with ``x2 < x1`` or
+  ``y2 < y1`` are input errors (``file:line`` in the message); Cartucho silently scores them.
+  (Inverted *detection* boxes are accepted, as in Cartucho: they simply never match.)
+- ``min_overlap`` must be a number in ``[0, 1]``.
 - Input errors (missing folder or file, malformed line, no ground truth) raise exceptions whose
   messages name the file and line and say how to fix the input; Cartucho prints and exits.
 - No ``--ignore`` / ``--set-class-iou`` options, no animation, no ``.temp_files``; the output
@@ -64,6 +68,7 @@ import argparse
 import glob
 import io
 import itertools
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -208,6 +213,16 @@ def _parse_lines_slowly(texts: Sequence[str], paths: Sequence[str], is_gt: bool)
                 raise ValueError(
                     f"{path}:{line_no}: non-numeric value in {line.strip()!r}; expected '{fmt}'"
                 ) from None
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(
+                    f"{path}:{line_no}: expected finite numbers in '{fmt}', got NaN or inf in "
+                    f"{line.strip()!r}"
+                )
+            if is_gt and (values[2] < values[0] or values[3] < values[1]):
+                raise ValueError(
+                    f"{path}:{line_no}: expected a ground-truth box with x1 <= x2 and y1 <= y2, got "
+                    f"{line.strip()!r}"
+                )
             names.append(tokens[0])
             numbers.append(values)
             difficult.append(is_difficult)
@@ -231,8 +246,8 @@ def _parse_detections_quickly(texts: Sequence[str]):
 
     It returns a result only when it is provably the same as ``_parse_lines_slowly``: plain
     ASCII text, every non-blank line has >= 6 tokens with tokens 2-6 numeric (``np.loadtxt``
-    succeeds) and the total token count is exactly 6 per line. Anything else -> ``None`` and
-    the caller uses the slow parser, which also produces the error messages.
+    succeeds) and finite, and the total token count is exactly 6 per line. Anything else ->
+    ``None`` and the caller uses the slow parser, which also produces the error messages.
     """
     text = "\n".join(texts) + "\n"
     if not _is_plain(text):
@@ -246,7 +261,7 @@ def _parse_detections_quickly(texts: Sequence[str]):
                              comments=None, ndmin=2)  # (N, 5)
     except ValueError:
         return None
-    if n_tokens != 6 * len(numbers):
+    if n_tokens != 6 * len(numbers) or not np.isfinite(numbers).all():
         return None
     # Now every line has exactly 6 tokens: class names are every 6th token.
     rows_per_file = [len(t) // 6 for t in tokens_per_file]
@@ -425,6 +440,17 @@ def _class_pr(tp: np.ndarray, fp: np.ndarray, n_gt: int) -> Tuple[np.ndarray, np
     return recall, precision
 
 
+def _check_min_overlap(min_overlap) -> float:
+    """``min_overlap`` as a float; ValueError unless it is a real number in ``[0, 1]``."""
+    if isinstance(min_overlap, (bool, np.bool_)) or not isinstance(
+            min_overlap, (int, float, np.integer, np.floating)):
+        raise ValueError(f"min_overlap must be a number in [0, 1] (an IoU), got {min_overlap!r} "
+                         f"of type {type(min_overlap).__name__}")
+    if not 0.0 <= min_overlap <= 1.0:  # also rejects NaN
+        raise ValueError(f"min_overlap must be in [0, 1] (an IoU), got {min_overlap!r}")
+    return float(min_overlap)
+
+
 def compute_map(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> MapResult:
     """Per-class AP and mAP from parsed files (see the module docstring for the rules).
 
@@ -438,8 +464,10 @@ def compute_map(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> MapRes
         a ``MapResult``.
 
     Raises:
-        ValueError: no non-difficult GT box at all (the mAP would be a mean over no class).
+        ValueError: no non-difficult GT box at all (the mAP would be a mean over no class), or
+            ``min_overlap`` outside ``[0, 1]``.
     """
+    min_overlap = _check_min_overlap(min_overlap)
     # Shared integer class ids, ordered alphabetically.
     names = sorted(set(gt.classes) | set(det.classes))
     gt_cls = np.searchsorted(names, gt.classes)[gt.class_index]  # (G,) ids into names
@@ -601,8 +629,10 @@ def evaluate_map(
 
     Raises:
         FileNotFoundError: a missing folder, or a GT file without a detection file or the reverse.
-        ValueError: a malformed line (``file:line`` in the message) or no ground truth.
+        ValueError: a malformed line (``file:line`` in the message), no ground truth, or
+            ``min_overlap`` outside ``[0, 1]``.
     """
+    min_overlap = _check_min_overlap(min_overlap)  # before reading any file
     if gt_dir is None or det_dir is None:
         if input_dir is None:
             raise ValueError("evaluate_map needs input_dir, or both gt_dir and det_dir")
