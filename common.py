@@ -216,22 +216,46 @@ def get_fpn_location_coords(
 # ---------------------------------------------------------------------------------------------
 # Non-maximum suppression
 # ---------------------------------------------------------------------------------------------
+#
+# Greedy NMS is sequential: whether a box survives depends on which better boxes survived. It is
+# vectorised by blocks. Boxes are visited in score order, a block at a time (every box in a block
+# has survived all boxes kept before it):
+#   1) the block is resolved among itself from its small [block, block] overlap matrix;
+#   2) the boxes it keeps delete every later box they overlap, with one [kept, rest] IoU tile.
+# So each box is compared with the kept boxes that come before it, until one of them deletes it:
+# about the pairs torchvision's C++ loop visits, but a few dozen tensor ops per block instead of one
+# scalar IoU at a time (~1-2 ns per pair in float32 against ~13 ns). Two choices matter for speed:
+# "is any IoU above the threshold" is taken as a float max-reduction then one compare per column
+# (a bool [kept, rest] matrix and .any() cost ~10x more per element), and the ops run on one thread
+# (see _OneCpuThread). Timings against torchvision: benchmarks/bench_nms.py.
 
-# Boxes are processed in score order, in blocks of this many (see `nms`).
-_NMS_BLOCK_SIZE = 256
+# A block holds `_NMS_TILE_SIZE // (boxes left)` boxes, clamped to [min, max]: while many boxes are
+# left, small blocks keep each [kept, rest] tile near 2**18 elements (1 MiB of float32, cache-sized);
+# when few are left, larger blocks mean fewer Python iterations. Above ~256 the intra-block
+# resolution (a [block, block] matrix-vector product per round) starts to dominate.
+_NMS_MIN_BLOCK_SIZE = 64
+_NMS_MAX_BLOCK_SIZE = 256
+_NMS_TILE_SIZE = 2 ** 18
 
 
-def _iou_exceeds(boxes_a: torch.Tensor, areas_a: torch.Tensor, boxes_b: torch.Tensor,
-                 areas_b: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """``(A, B)`` bool: ``IoU(a, b) > threshold``, computed with the same float operations as
-    ``torchvision.ops.nms`` (``inter / (area_a + area_b - inter)``) so that boxes whose IoU sits
-    exactly at the threshold are decided identically."""
-    top_left = torch.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])  # [A, B, 2]
-    bottom_right = torch.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])  # [A, B, 2]
-    wh = (bottom_right - top_left).clamp_(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [A, B]
-    union = (areas_a[:, None] + areas_b[None, :]) - inter
-    return (inter / union) > threshold
+def _pairwise_iou(columns_a: torch.Tensor, columns_b: torch.Tensor) -> torch.Tensor:
+    """``(A, B)`` IoU between two sets of boxes stored as columns: ``(5, A)`` and ``(5, B)``
+    tensors with rows ``x1, y1, x2, y2, area``.
+
+    Uses the same float operations as ``torchvision.ops.nms`` (``inter / (area_a + area_b -
+    inter)``), so that an IoU exactly at the threshold is decided the same way. Why this layout:
+    boxes run along the last (contiguous) dimension, so every op works on long contiguous rows;
+    x and y share one op on a ``(2, A, B)`` tensor; in-place ops reuse that one buffer. A pair of
+    zero-area boxes gives 0 / 0 = NaN, which compares False against a threshold, as in torchvision.
+    """
+    a, b = columns_a[:, :, None], columns_b[:, None, :]  # [5, A, 1], [5, 1, B]
+    wh = torch.minimum(a[2:4], b[2:4])  # [2, A, B]: min(x2), min(y2)
+    wh -= torch.maximum(a[:2], b[:2])  # minus max(x1), max(y1)
+    wh.clamp_(min=0)
+    inter = wh[0].mul_(wh[1])  # [A, B]: width * height
+    union = torch.add(a[4], b[4], out=wh[1])  # heights no longer needed
+    union -= inter
+    return inter.div_(union)
 
 
 def _float_threshold(iou_threshold: float, dtype: torch.dtype, device) -> torch.Tensor:
@@ -252,23 +276,118 @@ def _resolve_greedy(suppresses: torch.Tensor) -> torch.Tensor:
     """Greedy NMS on a precomputed ``(M, M)`` upper-triangular bool overlap matrix.
 
     Returns the ``(M,)`` bool mask with ``keep[i] = not any(keep[j] and suppresses[j, i] for j < i)``
-    without a loop over boxes: every round decides all boxes it can at once. A box none of whose
-    possible suppressors is kept or still undecided is kept; a box with a kept suppressor is
-    dropped. The first undecided box is always decided, so this ends; in practice after a few
-    rounds, since most suppression chains are short.
+    without a loop over boxes: the whole vector is updated at once, ``keep <- (keep @ S == 0)``,
+    starting from "all kept", until it stops changing. ``keep[i]`` depends only on earlier entries,
+    so after round t the first t entries are final, and the greedy answer is the only vector the
+    update leaves unchanged: the loop ends exactly at it. In practice after a few rounds, since
+    suppression chains are short; the slowest case, a chain of boxes each overlapping only the
+    next, settles one box per round. (A round is four tensor ops, a matrix-vector product counts
+    the kept suppressors of every box.)
     """
-    # Matrix-vector products count blockers faster than materialising an [M, M] boolean "and".
     suppresses_f = suppresses.to(torch.float32)
-    undecided = torch.ones(suppresses.shape[0], dtype=torch.bool, device=suppresses.device)
-    keep = torch.zeros_like(undecided)
+    keep = torch.ones(suppresses.shape[0], dtype=torch.float32, device=suppresses.device)
     while True:
-        maybe_kept = (keep | undecided).to(torch.float32)
-        newly_kept = undecided & ((maybe_kept @ suppresses_f) == 0)
-        keep |= newly_kept
-        dropped = undecided & ((keep.to(torch.float32) @ suppresses_f) > 0)
-        undecided &= ~(newly_kept | dropped)
-        if not bool(undecided.any()):
-            return keep
+        new_keep = ((keep @ suppresses_f) == 0).to(torch.float32)
+        if torch.equal(new_keep, keep):
+            return keep.bool()
+        keep = new_keep
+
+
+def _greedy_nms_in_order(columns: torch.Tensor, class_ids: Optional[torch.Tensor],
+                         threshold: torch.Tensor) -> torch.Tensor:
+    """Greedy NMS over boxes already sorted in the order it must visit them (see the section
+    comment above for the method).
+
+    Args:
+        columns: ``(5, N)`` rows ``x1, y1, x2, y2, area`` of the boxes, in visiting order.
+        class_ids: ``None`` (boxes of one class), or ``(N,)`` non-decreasing class ids: boxes of
+            different classes never suppress each other; within a class, the visiting order.
+        threshold: from :func:`_float_threshold`.
+
+    Returns:
+        ``(K,)`` increasing positions (in ``0 .. N-1``) of the kept boxes.
+    """
+    positions = torch.arange(columns.shape[1], device=columns.device)
+    kept_positions = []
+    while positions.shape[0] > 0:
+        # Size the block by the boxes its kept boxes will be tested against: the rest of the class.
+        num_left = positions.shape[0]
+        if class_ids is not None:
+            num_left = int(torch.searchsorted(class_ids, class_ids[:1], right=True))
+        block_size = min(max(_NMS_TILE_SIZE // num_left, _NMS_MIN_BLOCK_SIZE), _NMS_MAX_BLOCK_SIZE)
+        block, columns = columns[:, :block_size], columns[:, block_size:]
+        block_positions, positions = positions[:block_size], positions[block_size:]
+
+        # 1) Resolve the block among itself: suppresses[j, i] = earlier box j would drop box i.
+        suppresses = _pairwise_iou(block, block) > threshold
+        if class_ids is not None:
+            block_classes, class_ids = class_ids[:block_size], class_ids[block_size:]
+            suppresses &= block_classes[:, None] == block_classes[None, :]
+        keep = _resolve_greedy(suppresses.triu_(1))
+        kept_positions.append(block_positions[keep])
+
+        # 2) The kept boxes delete the later boxes they overlap. With classes, only the block's
+        # last class has later boxes (the first `num_targets`): keep only that class's boxes on
+        # both sides. One of them is always kept (its first box in the block cannot be suppressed).
+        num_targets = positions.shape[0]
+        if class_ids is not None:
+            keep &= block_classes == block_classes[-1]
+            num_targets = int(torch.searchsorted(class_ids, block_classes[-1:], right=True))
+        if num_targets == 0:
+            continue
+        max_iou = _pairwise_iou(block[:, keep], columns[:, :num_targets]).amax(dim=0)  # [num_targets]
+        # `not >` rather than `<=`: a NaN (0 / 0 from two zero-area boxes) must not suppress.
+        survives = ~(max_iou > threshold)
+        if num_targets < positions.shape[0]:
+            survives = torch.cat([survives, survives.new_ones(positions.shape[0] - num_targets)])
+        survivor_index = survives.nonzero().squeeze(1)
+        columns, positions = columns[:, survivor_index], positions[survivor_index]
+        if class_ids is not None:
+            class_ids = class_ids[survivor_index]
+    return torch.cat(kept_positions)
+
+
+def _check_nms_inputs(function_name: str, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{function_name}: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"{function_name}: scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}"
+        )
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise ValueError(f"{function_name}: iou_threshold must be in [0, 1], got {iou_threshold}")
+
+
+def _nms_columns(boxes: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` boxes -> ``(5, N)`` float rows ``x1, y1, x2, y2, area`` (areas as torchvision's)."""
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return torch.cat([boxes.T, areas[None]])
+
+
+class _OneCpuThread:
+    """Context manager: run torch CPU ops on one thread inside, restore the thread count after.
+
+    Why: the NMS tensors are a few MiB at most, so splitting each op across cores saves little,
+    while every parallel op ends in a barrier that waits for the slowest thread. On a machine whose
+    cores are busy (a training run, other processes) a descheduled thread stalls that barrier for a
+    whole scheduler time slice: we measured NMS 10-100x slower with 2 threads on 2 busy cores than
+    with 1. torchvision's NMS kernel is single-threaded too. No effect on CUDA tensors.
+    """
+
+    def __init__(self, device: torch.device):
+        self.active = device.type == "cpu"
+        self.previous = 1
+
+    def __enter__(self):
+        if self.active:
+            self.previous = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc_info):
+        if self.active:
+            torch.set_num_threads(self.previous)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
@@ -278,16 +397,16 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -
     it is **strictly greater** than ``iou_threshold``. IoU uses plain areas ``(x2-x1)*(y2-y1)``.
     Ties in score keep their input order (stable sort), as torchvision does.
 
-    How it is vectorised: boxes are visited in score order in blocks of ``_NMS_BLOCK_SIZE``.
-    A block is first tested against all boxes kept so far (one ``[block, kept]`` IoU matrix).
-    The survivors are resolved among themselves with the block's upper-triangular overlap matrix
-    ``S``: ``keep[i] = not any(keep[j] and S[j, i] for j < i)`` is iterated as a whole vector until
-    it stops changing. The greedy answer is the only fixed point of that update (``keep[i]`` is
-    determined by earlier entries alone), so the iteration ends exactly at the greedy result,
-    usually after a few rounds.
+    How it is vectorised (details in the comment above ``_NMS_MIN_BLOCK_SIZE``): boxes are taken
+    in score order, a block of 64-256 at a time. The block is resolved among itself: with its
+    upper-triangular overlap matrix ``S``, ``keep[i] = not any(keep[j] and S[j, i] for j < i)`` is
+    solved a round at a time, every round deciding all boxes whose better overlapping boxes are
+    decided. Then the block's kept boxes delete, in one IoU tile, every later box they overlap, so
+    the next block again holds only boxes that survived all boxes kept so far. Slowest case: a long
+    chain of boxes each overlapping only its neighbours, which costs one round per two boxes.
 
     Args:
-        boxes: ``(N, 4)`` float XYXY boxes.
+        boxes: ``(N, 4)`` float XYXY boxes with ``x1 <= x2``, ``y1 <= y2``.
         scores: ``(N,)`` scores.
         iou_threshold: suppress boxes with IoU strictly above this, in ``[0, 1]``.
 
@@ -295,47 +414,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -
         ``(K,)`` ``torch.long`` indices into ``boxes`` of the kept boxes, by decreasing score, on
         ``boxes.device``.
     """
-    if boxes.dim() != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"nms: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
-    if scores.shape != boxes.shape[:1]:
-        raise ValueError(f"nms: scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
-    if not 0.0 <= float(iou_threshold) <= 1.0:
-        raise ValueError(f"nms: iou_threshold must be in [0, 1], got {iou_threshold}")
+    _check_nms_inputs("nms", boxes, scores, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
-    if not boxes.is_floating_point():
-        boxes = boxes.float()
-
-    order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order]
-    sorted_areas = (sorted_boxes[:, 2] - sorted_boxes[:, 0]) * (sorted_boxes[:, 3] - sorted_boxes[:, 1])
-    threshold = _float_threshold(float(iou_threshold), sorted_boxes.dtype, sorted_boxes.device)
-
-    kept_positions = []  # positions (into the sorted order) of kept boxes, per block
-    kept_boxes = sorted_boxes[:0]
-    kept_areas = sorted_areas[:0]
-    num_boxes = sorted_boxes.shape[0]
-    for start in range(0, num_boxes, _NMS_BLOCK_SIZE):
-        block_boxes = sorted_boxes[start:start + _NMS_BLOCK_SIZE]
-        block_areas = sorted_areas[start:start + _NMS_BLOCK_SIZE]
-        positions = torch.arange(start, start + block_boxes.shape[0], device=boxes.device)
-
-        # 1) Suppression by boxes kept in earlier blocks.
-        if kept_boxes.shape[0] > 0:
-            alive = ~_iou_exceeds(kept_boxes, kept_areas, block_boxes, block_areas, threshold).any(dim=0)
-            block_boxes, block_areas, positions = block_boxes[alive], block_areas[alive], positions[alive]
-        if block_boxes.shape[0] == 0:
-            continue
-
-        # 2) Greedy resolution inside the block. suppresses[j, i]: box j (earlier) would drop box i.
-        suppresses = _iou_exceeds(block_boxes, block_areas, block_boxes, block_areas, threshold).triu_(1)
-        keep = _resolve_greedy(suppresses)
-
-        kept_positions.append(positions[keep])
-        kept_boxes = torch.cat([kept_boxes, block_boxes[keep]])
-        kept_areas = torch.cat([kept_areas, block_areas[keep]])
-
-    return order[torch.cat(kept_positions)]
+    with torch.no_grad(), _OneCpuThread(boxes.device):
+        order = torch.sort(scores, descending=True, stable=True).indices
+        columns = _nms_columns(boxes[order])
+        threshold = _float_threshold(float(iou_threshold), columns.dtype, columns.device)
+        return order[_greedy_nms_in_order(columns, None, threshold)]
 
 
 def class_spec_nms(
@@ -346,10 +432,12 @@ def class_spec_nms(
 ) -> torch.Tensor:
     """Class-specific NMS: boxes of different classes never suppress each other.
 
-    Each box is shifted by ``class_id * (span + 1)``, where ``span`` is the extent of all
-    coordinates, so boxes of different classes cannot overlap; then one :func:`nms` call runs.
-    (The usual ``class_id * (boxes.max() + 1)`` offset is only safe for non-negative
-    coordinates; the span is safe for any.)
+    The result is greedy :func:`nms` run on each class separately, merged by decreasing score
+    (ties in input order): what ``torchvision.ops.batched_nms`` returns. Rather than the usual
+    offset trick (shift each class's boxes by ``class_id * (boxes.max() + 1)`` so that classes
+    cannot overlap, then one :func:`nms`), the boxes are visited class by class, so a box is only
+    ever compared with boxes of its own class: with C classes that is about C times fewer IoUs, and
+    the IoUs are computed on the unshifted coordinates (shifting by a large offset rounds them).
 
     Args:
         boxes: ``(N, 4)`` XYXY boxes.
@@ -360,12 +448,19 @@ def class_spec_nms(
     Returns:
         ``(K,)`` ``torch.long`` indices of kept boxes, by decreasing score, on ``boxes.device``.
     """
+    _check_nms_inputs("class_spec_nms", boxes, scores, iou_threshold)
     if class_ids.shape != boxes.shape[:1]:
         raise ValueError(
             f"class_spec_nms: class_ids must have shape ({boxes.shape[0]},), got {tuple(class_ids.shape)}"
         )
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
-    span = boxes.max() - boxes.min()
-    offsets = class_ids.to(boxes) * (span + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    with torch.no_grad(), _OneCpuThread(boxes.device):
+        order = torch.sort(scores, descending=True, stable=True).indices  # rank -> box index
+        # Visit class by class; within a class by score (a stable sort keeps the score order).
+        sorted_class_ids, by_class = torch.sort(class_ids[order], stable=True)
+        columns = _nms_columns(boxes[order[by_class]])
+        threshold = _float_threshold(float(iou_threshold), columns.dtype, columns.device)
+        kept = _greedy_nms_in_order(columns, sorted_class_ids, threshold)
+        # Back to score order: sorting the kept score ranks gives decreasing score, ties by index.
+        return order[by_class[kept].sort().values]

@@ -275,3 +275,82 @@ def test_class_spec_nms_agrees_with_torchvision_batched_nms(seed):
 def test_class_spec_nms_empty_input():
     kept = class_spec_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert kept.dtype == torch.long and kept.shape == (0,) and kept.device == torch.device("cpu")
+
+
+# -- nms: inputs that stress the blocked algorithm -----------------------------------------------
+
+
+def chain_of_boxes(num_boxes: int, step: float):
+    """Boxes 10 wide sliding right by ``step``: each overlaps its neighbour with IoU
+    ``(10 - step) / (10 + step)`` and the box after next with ``(10 - 2 step) / (10 + 2 step)``."""
+    x1 = torch.arange(num_boxes, dtype=torch.float32) * step
+    return torch.stack([x1, torch.zeros(num_boxes), x1 + 10, torch.full((num_boxes,), 10.0)], dim=1)
+
+
+@pytest.mark.parametrize("step, threshold", [(2.0, 0.5), (3.0, 0.5), (1.0, 0.7)])
+def test_nms_long_suppression_chain_agrees_with_torchvision(step, threshold):
+    # With decreasing scores along the chain, box i's fate depends on box i-1's, which depends on
+    # box i-2's, ... through every block: the intra-block resolution needs one round per two boxes
+    # (the slowest case), and each block must start from the previous block's survivors.
+    boxes = chain_of_boxes(700, step)
+    scores = -torch.arange(700, dtype=torch.float32)
+    kept = nms(boxes, scores, threshold)
+    assert kept.tolist() == list(range(0, 700, 2))
+    assert torch.equal(kept, torchvision.ops.nms(boxes, scores, threshold))
+    scores = torch.rand(700, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+
+
+def test_nms_zero_area_boxes_agree_with_torchvision():
+    # About 20% of these boxes have zero width or height: IoUs of 0 / 0 = NaN must never suppress.
+    generator = torch.Generator().manual_seed(0)
+    boxes = (20 * torch.rand(3000, 4, generator=generator)).round()
+    boxes[:, 2:] = boxes[:, :2] + (5 * torch.rand(3000, 2, generator=generator)).round()
+    scores = torch.randn(3000, generator=generator)
+    for threshold in (0.0, 0.3, 0.7, 1.0):
+        assert torch.equal(nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
+
+
+def test_nms_many_duplicates_and_large_input_agree_with_torchvision():
+    # 20000 boxes drawn from 300 distinct ones: most are deleted by the first kept blocks.
+    distinct, _ = notebook_nms_workload(300, seed=11)
+    generator = torch.Generator().manual_seed(12)
+    boxes = distinct[torch.randint(0, 300, (20000,), generator=generator)]
+    scores = torch.randn(20000, generator=generator)
+    assert torch.equal(nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
+
+
+def test_nms_accepts_boxes_that_require_grad_and_restores_thread_count():
+    boxes, scores = notebook_nms_workload(500, seed=3)
+    threads = torch.get_num_threads()
+    kept = nms(boxes.requires_grad_(), scores, 0.5)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(kept, torchvision.ops.nms(boxes.detach(), scores, 0.5))
+
+
+@pytest.mark.parametrize("num_boxes", [800, 4000])  # torchvision's two code paths: offsets / per class
+def test_class_spec_nms_non_integer_float64_boxes_agree_with_batched_nms(num_boxes):
+    generator = torch.Generator().manual_seed(num_boxes)
+    boxes = torch.rand(num_boxes, 4, generator=generator, dtype=torch.float64) * 300
+    boxes[:, 2:] = boxes[:, :2] + 1 + torch.rand(num_boxes, 2, generator=generator, dtype=torch.float64) * 80
+    scores = torch.rand(num_boxes, generator=generator, dtype=torch.float64)
+    class_ids = torch.randint(0, 5, (num_boxes,), generator=generator)
+    for threshold in (0.3, 0.5):
+        ours = class_spec_nms(boxes, scores, class_ids, threshold)
+        assert torch.equal(ours, torchvision.ops.batched_nms(boxes, scores, class_ids, threshold))
+
+
+def test_class_spec_nms_skewed_class_sizes_agree_with_per_class_nms():
+    # One class with most boxes, many tiny classes (blocks then span several classes), and unsorted,
+    # non-contiguous class ids.
+    boxes, scores = notebook_nms_workload(3000, seed=4)
+    generator = torch.Generator().manual_seed(5)
+    class_ids = torch.where(torch.rand(3000, generator=generator) < 0.8, torch.tensor(7),
+                            torch.randint(0, 60, (3000,), generator=generator) * 3)
+    ours = class_spec_nms(boxes, scores, class_ids, 0.5)
+    expected = torch.cat([
+        (class_ids == c).nonzero().squeeze(1)[torchvision.ops.nms(boxes[class_ids == c], scores[class_ids == c], 0.5)]
+        for c in class_ids.unique()
+    ])
+    expected = expected[scores[expected].sort(descending=True, stable=True).indices]
+    assert torch.equal(ours, expected)
