@@ -1,0 +1,78 @@
+"""Tests of the train_fcos.py entry point: a tiny end-to-end Shapes run, eval-only, and the VOC preset."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import a4_helper
+import train_fcos
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--num-train", "12", "--num-val", "4", "--image-size", "64", "--max-iters", "2", "--batch-size", "4",
+        "--fpn-channels", "16", "--stem-channels", "16", "--log-period", "1", "--no-progress", "--threads", "1"]
+
+
+def test_tiny_shapes_run_writes_every_output(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "shapes", "--data-dir", str(tmp_path / "shapes"), "--run-dir", str(run_dir), *TINY]
+    threads = torch.get_num_threads()
+    metrics = train_fcos.main(argv)
+    assert torch.get_num_threads() == threads, "main() restores the caller's thread count"
+    for name in ("checkpoint.pt", "loss_curve.png", "detections.png", "ap_per_class.png", "metrics.json",
+                 "mAP/output/output.txt"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(os.listdir(run_dir / "mAP/input/ground-truth")) == [f"{i:06d}.txt" for i in range(4)]
+    assert sorted(os.listdir(run_dir / "mAP/input/detection-results")) == [f"{i:06d}.txt" for i in range(4)]
+    with open(run_dir / "metrics.json") as f:
+        stored = json.load(f)
+    assert stored["iterations"] == 2 and stored["num_val_images"] == 4
+    assert 0.0 <= stored["mAP"] <= 1.0 and set(stored["ap_per_class"]) <= {"circle", "cross", "square", "star",
+                                                                            "triangle"}
+    assert stored["settings"]["optimizer"] == "adamw" and stored["settings"]["pretrained"] is False
+    assert set(stored["seconds"]) == {"data", "train", "eval", "total"}
+    assert stored["mAP"] == metrics["mAP"]
+
+    # --eval-only re-evaluates the saved model without training: the same detections, the same mAP.
+    again = train_fcos.main(argv + ["--eval-only"])
+    assert again["iterations"] == 2 and again["seconds"]["train"] == 0.0
+    assert again["mAP"] == pytest.approx(stored["mAP"], abs=1e-12)
+
+
+def test_voc_preset_is_the_assignment_setting(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = train_fcos.parse_args(["--dataset", "voc"])
+    assert (args.max_iters, args.batch_size, args.learning_rate, args.optimizer) == (9000, 16, 8e-3, "sgd")
+    assert (args.fpn_channels, args.stem_channels, args.image_size, args.pretrained) == (128, [128, 128], 224, True)
+    assert args.data_dir == "data" and args.device == "cpu"  # no GPU here: falls back with a warning
+    args = train_fcos.parse_args(["--dataset", "voc", "--lr", "0.01", "--grad-clip", "0", "--no-pretrained"])
+    assert args.learning_rate == 0.01 and args.grad_clip_norm is None and args.pretrained is False
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train_fcos.py"), "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "--dataset" in out and "--download" in out and "--resume" in out
+
+
+def test_voc_branch_runs_on_the_sample(voc_sample_dir, tmp_path):
+    argv = ["--dataset", "voc", "--data-dir", voc_sample_dir, "--run-dir", str(tmp_path / "run"), "--device", "cpu",
+            "--no-pretrained", "--image-size", "64", "--max-iters", "1", "--batch-size", "4", "--fpn-channels", "16",
+            "--stem-channels", "16", "--num-workers", "0", "--max-val-images", "3", "--no-progress", "--threads", "1"]
+    metrics = train_fcos.main(argv)
+    assert metrics["num_train_images"] == 24 and metrics["num_val_images"] == 3
+    # A random backbone with the preset's plain SGD would diverge: the FROM_SCRATCH recipe is used instead.
+    assert metrics["settings"]["optimizer"] == "adamw" and metrics["settings"]["grad_clip_norm"] == a4_helper.FROM_SCRATCH["grad_clip_norm"]
+    assert len(os.listdir(tmp_path / "run" / "mAP" / "input" / "ground-truth")) == 3
+
+
+def test_thread_choice_falls_back_to_one_thread_on_a_busy_cpu(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(train_fcos, "_busy_cores", lambda: 1.0)  # another job keeps one core busy
+    assert train_fcos.choose_cpu_threads() == 1
+    monkeypatch.setattr(train_fcos, "_busy_cores", lambda: 0.1)  # quiet machine: one thread per core
+    assert train_fcos.choose_cpu_threads() == 2
+    monkeypatch.setattr(train_fcos, "_busy_cores", lambda: None)  # cannot tell: keep torch's default
+    assert train_fcos.choose_cpu_threads() == 2
