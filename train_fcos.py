@@ -37,18 +37,20 @@ from a4_helper import (IMAGENET_MEAN, IMAGENET_STD, ShapesDetection, VOC2007Dete
 PRESETS: Dict[str, Dict] = {
     # CPU demo from a random backbone (no ImageNet weights offline; with them, a 128 px toy task would not
     # show that the detector itself learns). AdamW + warm-up + clipping is the stable FROM_SCRATCH recipe.
-    # For a fixed CPU budget, more and smaller steps win: batch 8 x 4000 iterations reached 65% mAP where
-    # batch 16 x 2000 (the same images seen) reached 38%. About 6-7 minutes on 2 CPU cores.
+    # Measured on 2 CPU cores (mAP@0.5 on the 300 val images, see the README):
+    # - for a fixed budget, more and smaller steps win: batch 16 x 2000 iterations gave 38%; batch 8 x 4000
+    #   (the same images seen) 46-57% with seed 0 but 33% with seed 1;
+    # - boxes are found early, classes are learnt late (most misses are right boxes with wrong shape names):
+    #   weighting loss_cls by 2 gave 67% / 57% / 64% for seeds 0 / 1 / 2, and removed the bad-seed failure.
     "shapes": dict(data_dir="data/shapes", image_size=128, batch_size=8, max_iters=4000, learning_rate=2e-3,
-                   weight_decay=1e-4, optimizer="adamw", warmup_iters=100, grad_clip_norm=5.0, ema_decay=None, cls_loss_weight=1.0,
-                   fpn_channels=64,
-                   stem_channels=[64, 64], pretrained=False, device="cpu", num_workers=0,
-                   num_train=3000, num_val=300),
+                   weight_decay=1e-4, optimizer="adamw", warmup_iters=100, grad_clip_norm=5.0, ema_decay=None,
+                   cls_loss_weight=2.0, fpn_channels=64, stem_channels=[64, 64], pretrained=False, device="cpu",
+                   num_workers=0, num_train=3000, num_val=300),
     # The assignment's GPU setting (ImageNet backbone, plain SGD).
     "voc": dict(data_dir="data", image_size=224, batch_size=16, max_iters=9000, learning_rate=8e-3,
-                weight_decay=1e-4, optimizer="sgd", warmup_iters=0, grad_clip_norm=None, ema_decay=None, cls_loss_weight=1.0,
-                fpn_channels=128,
-                stem_channels=[128, 128], pretrained=True, device="cuda", num_workers=4),
+                weight_decay=1e-4, optimizer="sgd", warmup_iters=0, grad_clip_norm=None, ema_decay=None,
+                cls_loss_weight=1.0, fpn_channels=128, stem_channels=[128, 128], pretrained=True, device="cuda",
+                num_workers=4),
 }
 SCORE_THRESH_MAP = 0.05  # low, so that the precision-recall curve reaches high recall
 SCORE_THRESH_VIS = 0.4  # the notebook's threshold for drawing
@@ -279,6 +281,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"Training FCOS on {args.dataset} ({len(train_set)} images, {args.image_size}px) for "
               f"{args.max_iters} iterations on {args.device}: {args.optimizer} lr {args.learning_rate}, "
               f"batch {args.batch_size}, warm-up {args.warmup_iters}, clip {args.grad_clip_norm}, "
+              f"loss_cls weight {args.cls_loss_weight}, "
               f"fpn {args.fpn_channels}, stem {args.stem_channels}, pretrained {args.pretrained_loaded}.")
         t0 = time.time()
         history = train_detector(
