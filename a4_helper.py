@@ -528,6 +528,9 @@ def _save_atomic(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the checkpoint the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
