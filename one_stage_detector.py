@@ -328,10 +328,71 @@ class FCOS(nn.Module):
         # number of objects in a batch (and explode for a batch with almost none). 150 is a
         # typical count for VOC at 224 px, so the first iterations are already well scaled.
         self._normalizer = 150.0
+        self._normalizer_anchor = 150.0  # the normaliser after the last batch with objects
+        # Set by a distributed training engine: sums a tensor over processes (see _update_normalizer).
+        self.distributed_reduce = None
         # Channels-last ("NHWC") weights: oneDNN's CPU convolutions (RegNet's grouped ones most of
         # all) run faster on NHWC data, about 15% per training step here
         # (benchmarks/bench_train_step.py). .to(device/dtype) and load_state_dict keep the layout.
         self.to(memory_format=torch.channels_last)
+
+    # -- training state -------------------------------------------------------------------------
+
+    #: Names of the losses ``forward`` returns in training mode (``train_detector`` checks
+    #: ``loss_weights`` against them).
+    loss_names = ("loss_cls", "loss_box", "loss_ctr")
+
+    @property
+    def loss_normalizer(self) -> float:
+        """The EMA of foreground locations per image that divides the losses (starts at 150)."""
+        return float(self._normalizer)
+
+    def training_state(self) -> Dict[str, float]:
+        """State besides ``state_dict()`` that training changes and a resume must restore."""
+        return {"normalizer": float(self._normalizer), "normalizer_anchor": float(self._normalizer_anchor)}
+
+    def load_training_state(self, state: Dict[str, float]) -> None:
+        """Restore :meth:`training_state` (keeps a device-resident normaliser on its device)."""
+        value = float(state["normalizer"])
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"FCOS.load_training_state: the normaliser must be a finite number > 0, got {value}")
+        anchor = float(state.get("normalizer_anchor", value))
+        if isinstance(self._normalizer, torch.Tensor):
+            device = self._normalizer.device
+            self._normalizer = torch.tensor(value, dtype=torch.float64, device=device)
+            self._normalizer_anchor = torch.tensor(anchor, dtype=torch.float64, device=device)
+        else:
+            self._normalizer, self._normalizer_anchor = value, anchor
+
+    def keep_normalizer_on_device(self, device) -> None:
+        """Keep the normaliser as a 0-dim tensor on ``device``: its update then needs no host sync
+        (the training engine's ``sync_every_step=False``). ``loss_normalizer`` still returns a float."""
+        self._normalizer = torch.tensor(float(self._normalizer), dtype=torch.float64, device=device)
+        self._normalizer_anchor = torch.tensor(float(self._normalizer_anchor), dtype=torch.float64, device=device)
+
+    def _update_normalizer(self, is_foreground: torch.Tensor) -> None:
+        """The course's EMA ``0.9 * old + 0.1 * num_fg / B``, summed over processes when distributed.
+
+        Batches without any foreground location follow the same EMA but cannot pull it below half of
+        its value after the last batch with objects: a long run of object-free batches would
+        otherwise drive it towards 0 and multiply the next normal batch's losses by ~50.
+        """
+        count = is_foreground.sum().to(torch.float64)
+        batch_size = torch.tensor(float(is_foreground.shape[0]), dtype=torch.float64, device=count.device)
+        if self.distributed_reduce is not None:
+            count, batch_size = self.distributed_reduce(torch.stack([count, batch_size]))
+        floor = 0.5 * self._normalizer_anchor
+        if isinstance(self._normalizer, torch.Tensor):
+            updated = 0.9 * self._normalizer + 0.1 * count / batch_size
+            self._normalizer = torch.where(count > 0, updated, torch.maximum(updated, floor))
+            self._normalizer_anchor = torch.where(count > 0, updated, self._normalizer_anchor)
+            return
+        count, batch_size = float(count), float(batch_size)
+        updated = 0.9 * self._normalizer + 0.1 * count / batch_size
+        if count > 0:
+            self._normalizer = self._normalizer_anchor = updated
+        else:
+            self._normalizer = max(updated, floor)
 
     # -- input checks ---------------------------------------------------------------------------
 
@@ -446,11 +507,15 @@ class FCOS(nn.Module):
         pred_cls_logits = torch.cat(list(pred_cls_logits.values()), dim=1)  # [B, N, C]
         pred_boxreg_deltas = torch.cat(list(pred_boxreg_deltas.values()), dim=1)  # [B, N, 4]
         pred_ctr_logits = torch.cat(list(pred_ctr_logits.values()), dim=1)  # [B, N, 1]
+        if torch.is_autocast_enabled(images.device.type):
+            # Mixed precision: the losses are sums over thousands of locations; take them in float32.
+            pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = (
+                t.float() for t in (pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits))
+            matched_gt_deltas = matched_gt_deltas.float()
 
         batch_size = images.shape[0]
         is_foreground = matched_gt_boxes[..., 4] != -1  # [B, N]
-        num_foreground = is_foreground.sum().item()
-        self._normalizer = 0.9 * self._normalizer + 0.1 * num_foreground / batch_size
+        self._update_normalizer(is_foreground)
 
         # Classification: one-hot targets, all-zero rows for background.
         gt_classes = matched_gt_boxes[..., 4].long()
@@ -468,6 +533,8 @@ class FCOS(nn.Module):
         loss_ctr = loss_ctr * is_foreground
 
         normalizer = self._normalizer * batch_size
+        if isinstance(normalizer, torch.Tensor):
+            normalizer = normalizer.to(pred_cls_logits.dtype)
         return {
             "loss_cls": loss_cls.sum() / normalizer,
             "loss_box": loss_box.sum() / normalizer,

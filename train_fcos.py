@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
         checkpoint = a4_helper.load_checkpoint(checkpoint_path)
         # The weight average, if training kept one, is what training handed on for evaluation.
         model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
-        iterations = checkpoint["iteration"]
+        iterations = checkpoint["state"]["iteration"]
         history = checkpoint["history"]
     else:
         train_loader = DataLoader(train_set, batch_size=args.batch_size, num_workers=args.num_workers,

@@ -681,3 +681,103 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ==================================================================================================
+# Writing the input files (the other side of read_box_files)
+# ==================================================================================================
+
+class CartuchoWriter:
+    """Writes Cartucho/mAP input files for a set of images, all or nothing.
+
+    Files go to a hidden temporary folder inside ``output_dir`` (``.partial-<random>``); :meth:`commit`
+    swaps its ``ground-truth`` and ``detection-results`` folders in for the previous ones, :meth:`abort`
+    (or an exception inside a ``with`` block) deletes it, leaving the previous results untouched. So a
+    failure part-way never leaves a half-written set that ``evaluate_map`` would score as complete.
+
+    Formats (one pair per image, also for an image without predictions):
+    ``ground-truth/<id>.txt``: ``<class> <x1> <y1> <x2> <y2>`` (2 decimals);
+    ``detection-results/<id>.txt``: ``<class> <score> <x1> <y1> <x2> <y2>`` (score 6 decimals).
+    """
+
+    FOLDERS = ("ground-truth", "detection-results")
+
+    def __init__(self, output_dir: str, idx_to_class: Dict[int, str]):
+        import tempfile
+
+        self.output_dir, self.idx_to_class = output_dir, idx_to_class
+        os.makedirs(output_dir, exist_ok=True)
+        self._remove_orphans()
+        self.tmp_dir = tempfile.mkdtemp(prefix=".partial-", dir=output_dir)
+        for folder in self.FOLDERS:
+            os.makedirs(os.path.join(self.tmp_dir, folder))
+        self.ids: Dict[str, str] = {}
+
+    def _remove_orphans(self) -> None:
+        """Delete temporary folders left by a process killed while writing."""
+        import shutil
+
+        for name in os.listdir(self.output_dir):
+            if name.startswith(".partial-") or name.startswith(".previous-"):
+                shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
+
+    def add(self, image_id: str, source: str, gt_rows, predictions) -> None:
+        """Write one image's files.
+
+        Args:
+            image_id: file stem (e.g. ``"000012"``); must be unique within the set.
+            source: where the image came from (named in the duplicate-id error).
+            gt_rows: ``(K, 5)`` rows ``(x1, y1, x2, y2, class_id)`` (no ``-1`` rows), tensor or array.
+            predictions: ``(N, 6)`` rows ``(x1, y1, x2, y2, class_id, score)``.
+        """
+        if image_id in self.ids:
+            raise ValueError(f"two test images share the id {image_id!r} ({self.ids[image_id]} and {source}); "
+                             f"their mAP files would overwrite each other. Give every image a distinct file name.")
+        self.ids[image_id] = source
+        names = self.idx_to_class
+        gt_lines = [f"{names[int(c)]} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n" for x1, y1, x2, y2, c in _rows(gt_rows)]
+        det_lines = [f"{names[int(c)]} {s:.6f} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n"
+                     for x1, y1, x2, y2, c, s in _rows(predictions)]
+        for folder, lines in zip(self.FOLDERS, (gt_lines, det_lines)):
+            with open(os.path.join(self.tmp_dir, folder, image_id + ".txt"), "w") as f:
+                f.writelines(lines)
+
+    def commit(self) -> None:
+        """Replace the previous ``ground-truth`` / ``detection-results`` folders with the new ones."""
+        import shutil
+        import tempfile
+
+        previous = tempfile.mkdtemp(prefix=".previous-", dir=self.output_dir)
+        replaced = 0
+        for folder in self.FOLDERS:
+            target = os.path.join(self.output_dir, folder)
+            if os.path.exists(target):
+                replaced += len(os.listdir(target))
+                os.replace(target, os.path.join(previous, folder))
+            os.replace(os.path.join(self.tmp_dir, folder), target)
+        if replaced:
+            print(f"Replaced the previous results in {self.output_dir} ({replaced} files) with "
+                  f"{2 * len(self.ids)} new files.")
+        shutil.rmtree(previous, ignore_errors=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "CartuchoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _rows(values) -> List[List[float]]:
+    """Tensor / array / list of rows -> list of float lists."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().double()
+    return np.asarray(values, dtype=np.float64).reshape(len(values), -1).tolist() if len(values) else []

@@ -1,11 +1,11 @@
 """Image helpers: tensor <-> image conversion and drawing boxes for detection results."""
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["tensor_to_image", "detection_visualizer"]
+__all__ = ["tensor_to_image", "detection_visualizer", "plot_loss_history"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence]
 
@@ -87,4 +87,44 @@ def detection_visualizer(
         ax.scatter(pts[:, 0], pts[:, 1], s=12, c="yellow", edgecolors="black", linewidths=0.5)
     if show:
         plt.show()
+    return fig
+
+
+def plot_loss_history(history: Dict[str, List[float]], path: Optional[str] = None, ax: Optional[plt.Axes] = None,
+                      smooth: int = 20) -> plt.Figure:
+    """Plot per-iteration losses (e.g. ``train_detector``'s return value): raw values faint, a moving
+    average solid; the legend says which is which.
+
+    Args:
+        history: ``{loss_name: [value per iteration]}``.
+        path: save the figure there (PNG) if given.
+        ax: draw into this axes instead of a new figure.
+        smooth: window of the moving average in iterations.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+    else:
+        fig = ax.figure
+    window = 1
+    for name, values in history.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            continue
+        line, = ax.plot(values, alpha=0.25, linewidth=0.8)
+        window = max(1, min(smooth, values.size))
+        average = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, values.size), average, color=line.get_color(),
+                label=f"{name} ({window}-iteration mean)", linewidth=2 if name == "total" else 1.2)
+    ax.plot([], [], color="gray", alpha=0.25, linewidth=0.8, label="faint: raw per-iteration values")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
     return fig

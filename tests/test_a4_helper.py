@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import a4_helper
 import eecs598
+import eecs598.datasets
 from a4_helper import (FROM_SCRATCH, DetectionJsonDataset, VOC2007DetectionTiny, inference_with_detector,
                        train_detector)
 
@@ -272,8 +273,8 @@ def test_download_verifies_md5_renames_and_skips_valid_files(tmp_path, monkeypat
         return out
 
     monkeypatch.setattr(wget, "download", fake_download)
-    monkeypatch.setattr(a4_helper, "VOC_FILES_MD5", md5s)
-    monkeypatch.setattr(a4_helper, "VOC_NUM_TRAINVAL_IMAGES", 1)
+    monkeypatch.setattr(eecs598.datasets, "VOC_FILES_MD5", md5s)
+    monkeypatch.setattr(eecs598.datasets, "VOC_NUM_TRAINVAL_IMAGES", 1)
     (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages").mkdir(parents=True)
     (tmp_path / "VOCdevkit" / "VOC2007" / "JPEGImages" / "1.jpg").write_bytes(b"")
     (tmp_path / "b.json").write_bytes(b"second file")  # already there with the right md5
@@ -322,6 +323,12 @@ class TinyDetector(nn.Module):
         self.fc = nn.Linear(4, 3)
         self.nan_at, self.crash_at, self.sleep, self.calls = nan_at, crash_at, sleep, 0
         self._normalizer = 150.0
+
+    def training_state(self):  # the engine saves and restores it through these public methods
+        return {"normalizer": self._normalizer}
+
+    def load_training_state(self, state):
+        self._normalizer = state["normalizer"]
 
     def forward(self, images, gt_boxes=None, test_score_thresh=None, test_nms_thresh=None):
         out = self.fc(F.relu(self.conv(images)).mean((2, 3)))  # (B, 3)
@@ -426,13 +433,13 @@ def test_checkpoint_resume_after_crash_equals_uninterrupted_run(tmp_path):
     checkpoint = str(tmp_path / "ckpt.pt")
     with pytest.raises(KeyboardInterrupt):
         _train_tiny(checkpoint, max_iters=12, crash_at=7)  # checkpoints after iterations 3 and 6
-    assert a4_helper.load_checkpoint(checkpoint)["iteration"] == 6
+    assert a4_helper.load_checkpoint(checkpoint)["state"]["iteration"] == 6
     assert [f for f in os.listdir(tmp_path)] == ["ckpt.pt"], "no temporary files left behind"
     resumed, model = _train_tiny(checkpoint, resume=True, max_iters=12, seed=123)  # seed: restored from ckpt
     assert resumed == reference
     assert model.calls == 6  # only iterations 6..11 were run again
     final = a4_helper.load_checkpoint(checkpoint)
-    assert final["iteration"] == 12 and final["history"] == reference
+    assert final["state"]["iteration"] == 12 and final["history"] == reference
     # Resuming a finished run does nothing and returns the stored history.
     again, model = _train_tiny(checkpoint, resume=True, max_iters=12)
     assert again == reference and model.calls == 0
@@ -460,7 +467,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     real_save, saves = torch.save, []
 
     def failing_save(obj, f, *args, **kwargs):
-        saves.append(obj["iteration"])
+        saves.append(obj["state"]["iteration"])
         if len(saves) == 2:
             f.write(b"partial")
             raise OSError("disk full")
@@ -470,7 +477,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         _train_tiny(checkpoint, max_iters=12)
     assert saves == [3, 6]
-    assert a4_helper.load_checkpoint(checkpoint)["iteration"] == 3
+    assert a4_helper.load_checkpoint(checkpoint)["state"]["iteration"] == 3
     assert os.listdir(tmp_path) == ["ckpt.pt"]
 
 
@@ -489,13 +496,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     victim = subprocess.Popen(command(checkpoint, str(tmp_path / "victim.json"), False, 0.05))
     deadline = time.time() + 60
     while time.time() < deadline:
-        if os.path.exists(checkpoint) and a4_helper.load_checkpoint(checkpoint)["iteration"] >= 9:
+        if os.path.exists(checkpoint) and a4_helper.load_checkpoint(checkpoint)["state"]["iteration"] >= 9:
             break
         time.sleep(0.05)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    stopped_at = a4_helper.load_checkpoint(checkpoint)["iteration"]
+    stopped_at = a4_helper.load_checkpoint(checkpoint)["state"]["iteration"]
     assert 9 <= stopped_at < 30, "the kill should land mid-run"
     subprocess.run(command(checkpoint, str(tmp_path / "resumed.json"), True, 0.0), check=True, timeout=120)
     assert reference.wait(timeout=120) == 0
@@ -574,7 +581,7 @@ def test_inference_writes_one_file_pair_per_image(tmp_path, capsys):
     assert read("detection-results", "000002.txt") == ""  # no predictions: an empty file, not a missing one
     assert read("detection-results", "000003.txt") == "person 0.250000 3.00 4.00 10.00 12.00\n"
     printed = capsys.readouterr().out
-    assert "Total inference time: " in printed and "stale" in printed
+    assert "Total inference time: " in printed and "Replaced the previous results" in printed
 
 
 def test_inference_argument_checks(tmp_path):

@@ -274,7 +274,7 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted_run(tmp_path, sha
     victim_output = (tmp_path / "victim.log").read_text()
     assert "forward 1" in victim_output and "[Iter 0][loss: " in victim_output  # it was training, and said so
     assert not (tmp_path / "victim.json").exists(), "the kill landed after the run had finished"
-    stopped_at = load_checkpoint(str(checkpoint))["iteration"]
+    stopped_at = load_checkpoint(str(checkpoint))["state"]["iteration"]
     assert 0 < stopped_at < RESUME_ITERS and stopped_at % RESUME_PERIOD == 0
 
     spec = importlib.util.spec_from_file_location("reliability_driver", driver)
@@ -379,7 +379,7 @@ def test_crash_while_writing_keeps_the_last_good_checkpoint(tmp_path, shapes_tra
     monkeypatch.undo()
     assert seen["saves"] == 2
     assert path.read_bytes() == seen["good"], "the half-written checkpoint replaced the last good one"
-    assert load_checkpoint(str(path))["iteration"] == 2
+    assert load_checkpoint(str(path))["state"]["iteration"] == 2
     assert os.listdir(tmp_path) == ["checkpoint.pt"], "the half-written temporary file was left behind"
     if isinstance(crash, OSError):
         # The surviving checkpoint is a valid starting point: resuming gives the uninterrupted result.
