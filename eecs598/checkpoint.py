@@ -16,11 +16,15 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "PARTIAL_MARKER", "save_atomic", "load_checkpoint", "remove_orphan_partials",
-           "rng_state", "set_rng_state", "check_writable"]
+__all__ = ["CHECKPOINT_FORMAT", "PARTIAL_MARKER", "CheckpointError", "save_atomic", "load_checkpoint",
+           "remove_orphan_partials", "rng_state", "set_rng_state", "check_writable"]
 
 CHECKPOINT_FORMAT = "fcos.engine/2"
 PARTIAL_MARKER = ".partial-"  # temporary files are "<target file name>.partial-<random>"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that exists but cannot be used (truncated, corrupt, or not this engine's)."""
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -87,7 +91,8 @@ def check_writable(path: str) -> None:
         raise OSError(f"Cannot write the checkpoint {path}: {e.strerror or e}. Choose another checkpoint_path "
                       f"(or --run-dir) in a writable directory.") from e
     if os.path.isdir(path):
-        raise OSError(f"Cannot write the checkpoint {path}: it is a directory. Pass a file path.")
+        raise OSError(f"Cannot write the checkpoint {path}: it is a directory. Pass a file path as "
+                      f"checkpoint_path (or --run-dir).")
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
@@ -95,8 +100,8 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        RuntimeError: the file is truncated, corrupt or not a checkpoint of this engine (the message names
-            the file, which is left untouched).
+        CheckpointError (a RuntimeError): the file is truncated, corrupt or not a checkpoint of this engine
+            (the message names the file, which is left untouched).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path} not found.")
@@ -107,18 +112,18 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         with zipfile.ZipFile(path) as archive:
             damaged_member = archive.testzip()
     except Exception as e:  # BadZipFile (truncated, empty, not a checkpoint at all), OSError, ...
-        raise RuntimeError(f"Checkpoint {path} is truncated or corrupt (not a complete zip archive: "
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt (not a complete zip archive: "
                            f"{type(e).__name__}: {e}). {advice}") from e
     if damaged_member is not None:
-        raise RuntimeError(f"Checkpoint {path} is corrupt: the CRC-32 check of its member {damaged_member} failed "
+        raise CheckpointError(f"Checkpoint {path} is corrupt: the CRC-32 check of its member {damaged_member} failed "
                            f"(the file changed after it was written). {advice}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}). {advice}") from e
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}). {advice}") from e
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise RuntimeError(f"{path} is not a training checkpoint of this version (format {CHECKPOINT_FORMAT}, "
+        raise CheckpointError(f"{path} is not a training checkpoint of this version (format {CHECKPOINT_FORMAT}, "
                            f"found {found!r}). {advice}")
     return checkpoint
 

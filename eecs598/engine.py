@@ -8,7 +8,7 @@ Reading order:
   pure function of the iteration (so a resume needs no scheduler state).
 - :class:`WeightEMA`: an exponential moving average of the weights.
 - :class:`NonFiniteGuard`: stops before a non-finite loss or gradient lands, and puts the BatchNorm
-  statistics that the failing forward pass already changed back.
+  statistics that the failing forward pass already changed back (after any other failure in a step too).
 - :class:`LossLog`: losses stay on the device and are fetched every ``sync_period`` iterations.
 - :class:`Trainer`: ``run_step`` (forward, backward, step) and ``train`` (the loop calling the hooks).
 - Hooks (``before_train`` / ``after_step`` / ``after_train``): :class:`CheckpointHook`,
@@ -17,10 +17,13 @@ Reading order:
 
 Symbols: B images per batch, L number of losses the detector returns.
 """
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -259,20 +262,27 @@ class WeightEMA:
 class NonFiniteGuard:
     """Keeps a failing step from changing the model.
 
-    Before every forward pass it copies the float buffers (BatchNorm's running statistics), because the
-    forward pass updates them before any loss is known. With ``sync=True`` (the default) a non-finite
+    Before every forward pass it copies the buffers (BatchNorm's running statistics and batch counters),
+    because the forward pass updates them before any loss is known. With ``sync=True`` (the default) a non-finite
     loss or gradient norm is found on the host before the optimiser step; the buffers are put back and
     ``FloatingPointError`` is raised, so the model holds exactly the state after the last good step.
 
     With ``sync=False`` nothing is fetched: a device flag ``healthy`` turns False at the first bad step,
     every later optimiser step is skipped on the device (the fused kernels' ``found_inf`` input) and the
     buffers are restored on the device (``torch.where``); :meth:`check` raises at the next sync point.
+
+    The same copy serves any other failure inside a step (an exception in the forward or backward pass, a
+    ``KeyboardInterrupt``): :meth:`restore` puts the buffers back, and with ``sync=True`` also the
+    detector's extra training state (``training_state()``, e.g. FCOS's loss normaliser, which its forward
+    pass updates too).
     """
 
     def __init__(self, module: nn.Module, sync: bool, device: torch.device):
         self.sync = sync
-        self.buffers = [b for b in module.buffers() if b.is_floating_point()]
+        self.module = module
+        self.buffers = list(module.buffers())  # BatchNorm's running statistics and its batch counter
         self.saved = [b.detach().clone() for b in self.buffers]
+        self.saved_training_state: Optional[Dict[str, Any]] = None
         self.healthy = torch.ones((), dtype=torch.bool, device=device)
         self.first_bad_iteration = torch.full((), -1, dtype=torch.int64, device=device)
         self.first_bad_values: Optional[torch.Tensor] = None
@@ -280,11 +290,20 @@ class NonFiniteGuard:
     def before_forward(self) -> None:
         if self.buffers:
             torch._foreach_copy_(self.saved, [b.detach() for b in self.buffers])
+        if self.sync and hasattr(self.module, "training_state"):
+            # Host values (FCOS keeps a Python float here when sync=True): no device sync.
+            self.saved_training_state = self.module.training_state()
 
     def restore_buffers(self) -> None:
         with torch.no_grad():
             if self.buffers:
                 torch._foreach_copy_(self.buffers, self.saved)
+
+    def restore(self) -> None:
+        """Undo what the current step's forward pass changed: float buffers and the training state."""
+        self.restore_buffers()
+        if self.saved_training_state is not None and hasattr(self.module, "load_training_state"):
+            self.module.load_training_state(self.saved_training_state)
 
     def observe(self, iteration: int, ok: torch.Tensor, values: torch.Tensor) -> None:
         """Device-side bookkeeping (sync=False): remember the first bad iteration, keep buffers sane."""
@@ -318,6 +337,55 @@ def raise_non_finite(iteration: int, values: Dict[str, float], skipped_from: Opt
     raise FloatingPointError(
         f"train_detector: {what} at iteration {iteration}: {bad or values}. {state} From a random backbone use "
         f"**FROM_SCRATCH (AdamW, warm-up, clipping), or lower learning_rate / set grad_clip_norm.")
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """Attach ``note`` to an exception's traceback (Python 3.11+), or print it before the traceback."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        print(note, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold back SIGINT (Ctrl-C) inside the block and deliver it, with its usual effect, right after.
+
+    Used around the optimiser step and the bookkeeping that goes with it, so that an interrupt cannot leave
+    the weights half-updated (momentum updated but not the weights, an EMA one step behind...). Outside the
+    main thread signal handlers cannot be changed; the block then runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is None:  # a handler not installed from Python: leave it alone
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        signal.raise_signal(signal.SIGINT)  # now handled as usual: KeyboardInterrupt by default
+
+
+def _unpack_batch(batch: Any, iteration: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(images (B,3,H,W), gt_boxes (B,M,5))`` from a loader batch ``(..., images, gt_boxes)``, or a clear error."""
+    expected = ("(image_paths, images (B, 3, H, W), gt_boxes (B, M, 5)) as the course's datasets return; make the "
+                "dataset's __getitem__ (or the loader's collate_fn) return that tuple")
+    if isinstance(batch, dict):
+        raise TypeError(f"train_detector: the batch of iteration {iteration} from train_loader is a dict with keys "
+                        f"{list(batch)[:6]}; expected {expected}")
+    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+        raise TypeError(f"train_detector: the batch of iteration {iteration} from train_loader is a "
+                        f"{type(batch).__name__}; expected {expected}")
+    images, gt_boxes = batch[-2], batch[-1]
+    if not isinstance(images, torch.Tensor) or not isinstance(gt_boxes, torch.Tensor):
+        raise TypeError(f"train_detector: the batch of iteration {iteration} from train_loader holds "
+                        f"({', '.join(type(v).__name__ for v in batch)}); expected {expected}")
+    return images, gt_boxes
 
 
 class LossLog:
@@ -400,6 +468,7 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         self.last_values: Optional[Dict[str, float]] = None
         self.weights = settings.loss_weights or {}
+        self.phase = "data"  # where in a step we are (see describe_state)
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -410,16 +479,50 @@ class Trainer:
             return self.model(images, gt_boxes)
 
     def run_step(self) -> None:
-        """Forward, non-finite check, backward, clip, optimiser step, EMA: one iteration."""
+        """Forward, non-finite check, backward, clip, optimiser step, EMA: one iteration.
+
+        All or nothing: a failure anywhere before the optimiser step (the loader, a bad batch, the forward
+        or backward pass, a non-finite loss or gradient, ``KeyboardInterrupt``) leaves the detector exactly
+        as the previous step left it (the forward pass's BatchNorm statistics are put back, gradients are
+        cleared). The optimiser step, the EMA update and the bookkeeping run with Ctrl-C deferred, so an
+        interrupt cannot apply half a step; it is raised right after the step completes.
+        """
         iteration = self.state.iteration
-        batch = next(self.batches)
-        self.advance()
-        images = batch[-2].to(self.device, non_blocking=True)
-        gt_boxes = batch[-1].to(self.device, non_blocking=True)
+        self.phase = "data"
+        batch = next(self.batches)  # a failing loader has changed nothing yet
+        images, gt_boxes = _unpack_batch(batch, iteration)
+        images = images.to(self.device, non_blocking=True)
+        gt_boxes = gt_boxes.to(self.device, non_blocking=True)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.settings.learning_rate * learning_rate_factor(iteration, self.settings)
 
+        self.phase = "forward"
         self.guard.before_forward()
+        try:
+            names, values, ok = self._forward_backward(iteration, images, gt_boxes)
+        except BaseException:
+            self.guard.restore()
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        if not self.guard.sync:
+            self.guard.observe(iteration, ok, values)
+
+        self.phase = "commit"
+        with _deferred_interrupt():
+            self._optimizer_step()
+            if self.ema is not None:
+                self.ema.update(self.detector, iteration)
+            self.log.append(names, values)
+            self.advance()
+            self.state.iteration = iteration + 1
+            self.phase = "done"
+
+    def _forward_backward(self, iteration: int, images: torch.Tensor, gt_boxes: torch.Tensor):
+        """Losses, host-side non-finite check (sync mode), backward and clipping.
+
+        Returns ``(names, values (L+1,) float64 on the device, ok)``: ``ok`` is a device bool, False for a
+        non-finite loss or gradient norm (only used with ``sync=False``; sync mode raises instead).
+        """
         losses = self._losses(images, gt_boxes)
         if self.log.names is None:
             check_loss_weight_names(self.weights, list(losses))
@@ -427,10 +530,10 @@ class Trainer:
         names = [*losses, "total"]
         # float64 on the host side: the history holds exactly the values the losses had.
         values = torch.stack([loss.detach().double() for loss in [*losses.values(), total]])
+        row = None
         if self.guard.sync:
             row = values.cpu().tolist()
             if not math.isfinite(row[-1]):
-                self.guard.restore_buffers()
                 raise_non_finite(iteration, dict(zip(names, row)))
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -441,18 +544,10 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip_norm, foreach=True)
             if self.guard.sync and self.scaler is None and not math.isfinite(float(norm)):
-                self.guard.restore_buffers()
-                self.optimizer.zero_grad(set_to_none=True)
                 raise_non_finite(iteration, dict(zip(names, row)), grad_norm=float(norm))
             if self.scaler is None:
                 ok = ok & torch.isfinite(norm)
-        if not self.guard.sync:
-            self.guard.observe(iteration, ok, values)
-        self._optimizer_step()
-        if self.ema is not None:
-            self.ema.update(self.detector, iteration)
-        self.log.append(names, values)
-        self.state.iteration = iteration + 1
+        return names, values, ok
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -470,6 +565,20 @@ class Trainer:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
+
+    def describe_state(self) -> str:
+        """One sentence: which step's weights the detector holds after an exception stopped training."""
+        completed = self.state.iteration  # steps completed so far; the last one is completed - 1
+        if self.phase == "commit":  # only a real error gets here (Ctrl-C is deferred past the step)
+            return (f"train_detector stopped inside the optimiser step of iteration {completed}: the weights may "
+                    f"be partly updated. Reload the last checkpoint (resume=True) before using the detector.")
+        if self.phase == "done":
+            where = f"after iteration {completed - 1}"
+        else:
+            where = f"during iteration {completed}, before its optimiser step"
+        held = (f"the weights and buffers after iteration {completed - 1} (the last completed step)" if completed
+                else "its initial weights and buffers (no step was completed)")
+        return f"train_detector stopped {where}: the detector holds exactly {held}."
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -493,6 +602,10 @@ class Trainer:
                 for hook in self.hooks:
                     getattr(hook, "after_step", lambda trainer: None)(self)
             self.sync()
+        except BaseException as error:
+            if not isinstance(error, FloatingPointError):  # that message already describes the state
+                _add_note(error, self.describe_state())
+            raise
         finally:
             for hook in self.hooks:
                 getattr(hook, "after_train", lambda trainer: None)(self)
@@ -697,10 +810,16 @@ def train_detector(
         ``{loss_name: [float per iteration], ..., "total": [...]}`` (unweighted losses, weighted total).
 
     Raises:
-        ValueError: invalid arguments, an empty dataset, or a checkpoint with other settings.
+        ValueError: invalid arguments (``loss_weights`` naming a loss the detector does not have, when it
+            lists its ``loss_names``), an empty dataset, or a checkpoint with other settings.
         FloatingPointError: a loss or gradient norm became non-finite; the message says which iteration
             and that the detector holds the state after the last good step.
         RuntimeError: the checkpoint to resume from is truncated or corrupt.
+        OSError: ``checkpoint_path`` cannot be written (checked before training starts).
+
+    Whatever stops training (one of the above, an error in the loader or in the detector, Ctrl-C), the
+    detector holds exactly the weights and buffers of the last completed step, never half a step; the
+    exception carries a note saying which step that is.
     """
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainSettings)}
                      | set(options) & {"batch_size", "num_samples", "world_size", "milestones"})
@@ -716,6 +835,8 @@ def train_detector(
     dataset, batch_size = _check_loader(train_loader, resumable_order)
     settings = TrainSettings(learning_rate=learning_rate, weight_decay=weight_decay, max_iters=max_iters,
                              batch_size=batch_size, num_samples=None if dataset is None else len(dataset), **options)
+    if getattr(detector, "loss_names", None) is not None:
+        check_loss_weight_names(settings.loss_weights, list(detector.loss_names))  # before any step
     if not sync_every_step and not settings.fused_optimizer and settings.precision != "fp16":
         _fail("sync_every_step=False needs fused_optimizer=True (the fused kernels skip a bad step on the "
               "device) or precision='fp16' (the gradient scaler does)")
