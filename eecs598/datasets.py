@@ -10,13 +10,21 @@ Conventions: boxes are XYXY in absolute pixels of the (cropped) input image; a G
 ``(x1, y1, x2, y2, class_id)`` and padding rows are all ``-1``.
 """
 import hashlib
+import http.client
 import json
 import math
 import os
+import shutil
 import socket
 import tarfile
-from typing import Any, List, Sequence, Tuple
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from typing import Any, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -26,8 +34,8 @@ from .shapes import SHAPE_CLASSES, generate_shapes_dataset
 
 __all__ = [
     "VOC_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "VOC_URL_BASE", "VOC_FILES_MD5",
-    "resize_crop_geometry", "map_boxes_to_crop", "DetectionJsonDataset", "download_voc2007",
-    "VOC2007DetectionTiny", "ShapesDetection",
+    "resize_crop_geometry", "map_boxes_to_crop", "ImageFileError", "load_rgb_image", "DetectionJsonDataset",
+    "DownloadError", "download_voc2007", "VOC2007DetectionTiny", "ShapesDetection",
 ]
 
 VOC_CLASSES = (
@@ -87,6 +95,49 @@ def map_boxes_to_crop(boxes: torch.Tensor, width: int, height: int, image_size: 
     mapped = (boxes * scale - offset).clamp(0, image_size)
     valid = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])
     return mapped, valid
+
+
+class ImageFileError(OSError):
+    """An image file that cannot be read or is refused; the message names the file and the fix."""
+
+
+_SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def load_rgb_image(path: str) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image (decoded in full, so truncation shows up here).
+
+    16-bit greyscale images (PIL modes ``I;16*``, and ``I`` from a 16-bit PNG) are scaled to 8 bits
+    (``round(v / 257)``: 0 -> 0, 65535 -> 255); converting them directly would clip every value above 255
+    and give an almost white image. 16-bit colour PNGs already come out of PIL as 8-bit RGB.
+
+    Raises:
+        ImageFileError (an OSError): the file is missing, truncated or corrupt, not an image, an image of
+            an unsupported kind (32-bit integer or float pixels), or larger than PIL's decompression-bomb
+            limit; the message names ``path``.
+    """
+    try:
+        with Image.open(path) as f:
+            if f.mode in _SIXTEEN_BIT_GREY_MODES or (f.mode == "I" and f.format == "PNG"):
+                values = np.asarray(f).astype(np.float64)  # (H, W) in 0..65535
+                grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+                return Image.fromarray(grey, "L").convert("RGB")
+            if f.mode in ("I", "F"):
+                raise ImageFileError(
+                    f"Image {path} has {'32-bit integer' if f.mode == 'I' else 'floating-point'} pixels (PIL mode "
+                    f"{f.mode!r}), which cannot be mapped to 8-bit RGB without knowing their range; convert it to an "
+                    f"8-bit RGB JPEG or PNG.")
+            return f.convert("RGB")
+    except ImageFileError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageFileError(
+            f"Image {path} is refused as a possible decompression bomb: {e} If the file is trusted, raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS (or set it to None) before loading; otherwise remove it from the dataset."
+        ) from e
+    except Exception as e:  # OSError, SyntaxError, ValueError, struct.error...: PIL's many ways to fail
+        raise ImageFileError(f"Cannot read image {path} ({type(e).__name__}: {e}). The file is missing, corrupt, "
+                             f"truncated or not an image; replace it (re-download or regenerate the dataset).") from e
 
 
 def _is_number(value: Any) -> bool:
@@ -161,6 +212,7 @@ class DetectionJsonDataset(Dataset):
         for i, entry in enumerate(entries):
             self._parse_entry(i, entry)
 
+        self._refuse_duplicates()
         missing = [p for p in self.image_paths if not os.path.isfile(p)]
         if missing:
             raise FileNotFoundError(
@@ -173,6 +225,18 @@ class DetectionJsonDataset(Dataset):
             transforms.ToTensor(),
             transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ])
+
+    def _refuse_duplicates(self) -> None:
+        """Each image may appear once: a second entry would be trained on twice as often and, at inference,
+        write the same ``<id>.txt`` files twice (``inference_with_detector`` would stop at it)."""
+        first_entry = {}
+        for i, path in enumerate(self.image_paths):
+            key = os.path.normcase(os.path.abspath(path))
+            if key in first_entry:
+                raise ValueError(
+                    f"{self.json_path}: entries {first_entry[key]} and {i} both list the image {path}. Each image "
+                    f"must appear once: merge their objects into one entry.")
+            first_entry[key] = i
 
     def _parse_entry(self, i: int, entry: Any) -> None:
         """Validate JSON entry ``i`` and store its image path, boxes and class ids."""
@@ -218,11 +282,9 @@ class DetectionJsonDataset(Dataset):
         """
         image_path = self.image_paths[index]
         try:
-            with Image.open(image_path) as f:
-                image = f.convert("RGB")  # decodes the whole file, so truncation shows up here
-        except (OSError, SyntaxError, ValueError) as e:
-            raise OSError(f"Cannot read image {image_path} (entry {index} of {self.json_path}): {e}. The file "
-                          f"is corrupt or truncated; replace it (re-download or regenerate the dataset).") from e
+            image = load_rgb_image(image_path)
+        except ImageFileError as e:
+            raise ImageFileError(f"{e} (entry {index} of {self.json_path})") from e.__cause__
         width, height = image.size
         image = self.transform(image)
 
@@ -256,24 +318,178 @@ def _voc_images_present(dataset_dir: str) -> bool:
     return os.path.isdir(image_dir) and len(os.listdir(image_dir)) >= VOC_NUM_TRAINVAL_IMAGES
 
 
-def download_voc2007(dataset_dir: str, url_base: str = VOC_URL_BASE, timeout: float = 10.0) -> None:
-    """Download (with ``wget``) and extract the course's VOC 2007 files into ``dataset_dir``.
+PARTIAL_MARKER = ".partial-"  # temporaries: "<file name>.partial-<random>", ".VOCdevkit.partial-<random>"
 
-    Each file goes to a temporary ``.part`` name, is md5-verified and only then renamed, so an interrupted
-    download never looks complete. Files already present with the right md5 are skipped; the tar is only
-    fetched and extracted when the JPEGs are missing.
+
+class DownloadError(RuntimeError):
+    """A file of the dataset could not be downloaded or extracted.
+
+    Attributes:
+        url: what was being fetched (or the archive being extracted).
+        reason: a short description of what went wrong (the message adds the manual-download steps).
+    """
+
+    def __init__(self, message: str, url: str, reason: str):
+        super().__init__(message)
+        self.url, self.reason = url, reason
+
+
+def _remove_download_orphans(dataset_dir: str) -> None:
+    """Delete temporaries that a killed download or extraction left in ``dataset_dir``."""
+    prefixes = tuple([name + PARTIAL_MARKER for name in VOC_FILES_MD5] + [".VOCdevkit" + PARTIAL_MARKER])
+    legacy = {name + ".part" for name in VOC_FILES_MD5}  # the name earlier versions used
+    removed = []
+    for entry in os.listdir(dataset_dir):
+        if entry.startswith(prefixes) or entry in legacy:
+            path = os.path.join(dataset_dir, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            removed.append(entry)
+    if removed:
+        print(f"Removed {len(removed)} unfinished download file(s) in {dataset_dir}: {', '.join(sorted(removed))}")
+
+
+class _TooSlow(Exception):
+    """A transfer that passed its deadline or fell below the minimum rate."""
+
+
+def _fetch(url: str, path: str, timeout: float, deadline: Optional[float], min_rate: float, window: float,
+           progress: bool) -> None:
+    """Download ``url`` into the file ``path``, bounded in time.
+
+    Three limits, so that no server can keep it waiting forever: ``timeout`` seconds without a single byte
+    (socket timeout); less than ``min_rate`` bytes/s over any ``window`` seconds (a server that trickles a
+    few bytes now and then); and ``deadline`` seconds in all (default: 60 s + the announced size at
+    ``min_rate``). Bytes are read as they arrive (``read1``), so the limits are checked at least every
+    ``timeout`` seconds.
+
+    Raises:
+        DownloadError: naming ``url`` and the reason (``path`` may then hold part of the file).
+    """
+    start = time.monotonic()
+    received = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "fcos-a4 (python urllib)"})
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as out:
+            total = response.length  # Content-Length, or None
+            limit = deadline if deadline is not None else 60.0 + (total or 0) / min_rate
+            window_start, window_bytes = start, 0
+            with _progress_bar(total, os.path.basename(url), progress) as bar:
+                while True:
+                    chunk = response.read1(1 << 16)  # returns as soon as some bytes are there
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                    now = time.monotonic()
+                    if now - start > limit:
+                        raise _TooSlow(f"not finished after {limit:g} s (the deadline for this file), "
+                                           f"{_size(received)} of {_size(total)} received")
+                    if now - window_start >= window:
+                        rate = (received - window_bytes) / (now - window_start)
+                        if rate < min_rate:
+                            raise _TooSlow(f"only {rate:.0f} bytes/s over {now - window_start:.1f} s (minimum "
+                                               f"{min_rate:g}), {_size(received)} of {_size(total)} received")
+                        window_start, window_bytes = now, received
+            if total is not None and received != total:
+                raise http.client.IncompleteRead(b"", total - received)
+            out.flush()
+            os.fsync(out.fileno())
+    except Exception as e:
+        if isinstance(e, _TooSlow):
+            reason = str(e)
+        elif isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP error {e.code} ({e.reason})"
+        elif isinstance(e, urllib.error.URLError):
+            reason = f"cannot connect ({e.reason})"
+        elif isinstance(e, socket.timeout):  # (an alias of TimeoutError)
+            reason = f"no data for {timeout:g} s ({_size(received)} received)"
+        elif isinstance(e, http.client.IncompleteRead):
+            reason = f"the connection closed early ({_size(received)} of {_size(received + (e.expected or 0))})"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise DownloadError(f"Could not download {url}: {reason}.", url, reason) from e
+
+
+def _size(num_bytes: Optional[int]) -> str:
+    if num_bytes is None:
+        return "? bytes"
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 100_000 else f"{num_bytes} bytes"
+
+
+def _progress_bar(total: Optional[int], name: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024, disable=not progress,
+                dynamic_ncols=True, leave=False)
+
+
+def _extract_voc_tar(tar_path: str, dataset_dir: str) -> None:
+    """Extract the VOC tar's ``VOCdevkit/VOC2007`` into ``dataset_dir`` through a temporary folder.
+
+    The images appear in ``dataset_dir/VOCdevkit/VOC2007`` only once the whole archive is extracted; an
+    incomplete ``VOC2007`` folder from an earlier attempt is replaced, other folders in ``VOCdevkit`` are
+    left alone. Nothing temporary is left after a failure.
+
+    Raises:
+        DownloadError: the archive is damaged or holds no ``VOCdevkit/VOC2007``.
+    """
+    print(f"Extracting {tar_path} ...")
+    tmp = tempfile.mkdtemp(prefix=".VOCdevkit" + PARTIAL_MARKER, dir=dataset_dir)
+    try:
+        try:
+            with tarfile.open(tar_path) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, filter="data")  # refuses absolute paths and ".." members
+                else:
+                    tar.extractall(tmp)
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            reason = f"the archive is damaged ({type(e).__name__}: {e}); delete it and download it again"
+            raise DownloadError(f"Could not extract {tar_path}: {reason}.", tar_path, reason) from e
+        extracted = os.path.join(tmp, "VOCdevkit", "VOC2007")
+        if not os.path.isdir(extracted):
+            reason = "it holds no VOCdevkit/VOC2007 folder (not the VOC 2007 trainval archive)"
+            raise DownloadError(f"Could not extract {tar_path}: {reason}.", tar_path, reason)
+        destination = os.path.join(dataset_dir, "VOCdevkit", "VOC2007")
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        if os.path.exists(destination):  # incomplete (fewer JPEGs than the archive): move it out of the way
+            os.replace(destination, os.path.join(tmp, "previous-VOC2007"))
+        os.replace(extracted, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_voc2007(dataset_dir: str, url_base: str = VOC_URL_BASE, timeout: float = 10.0, *,
+                     deadline: Optional[float] = None, min_rate: float = 10_000.0, rate_window: float = 30.0,
+                     progress: bool = True) -> None:
+    """Download and extract the course's VOC 2007 files into ``dataset_dir``.
+
+    Each file is downloaded to a temporary ``<name>.partial-<random>`` beside its target, md5-verified and
+    only then renamed, so an interrupted download never looks complete, and no temporary file survives a
+    failure (leftovers of a killed process are removed by the next call). Files already present with the
+    right md5 are skipped; the tar is only fetched and extracted when the JPEGs are missing. The tar is
+    extracted through a temporary folder too.
 
     Args:
         dataset_dir: target directory (created if needed).
         url_base: URL prefix of the three files.
-        timeout: socket timeout in seconds, so that an offline machine fails fast instead of hanging.
+        timeout: seconds without any data before giving up (also the connection timeout), so that an
+            offline machine fails fast instead of hanging.
+        deadline: seconds allowed per file in all (None: 60 s + the file's announced size at ``min_rate``).
+        min_rate, rate_window: give up when fewer than ``min_rate`` bytes/s arrive over ``rate_window`` s.
+        progress: show a progress bar per file.
 
     Raises:
-        RuntimeError: a download failed or a file has the wrong md5; the message says how to download by hand.
+        DownloadError (a RuntimeError): a download failed, was too slow, or a file has the wrong md5; the
+            message says how to download by hand (``.url`` and ``.reason`` hold the short version).
     """
-    import wget  # imported here: only needed for downloading
-
+    for name, value in (("timeout", timeout), ("min_rate", min_rate), ("rate_window", rate_window),
+                        ("deadline", 1.0 if deadline is None else deadline)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0):
+            raise ValueError(f"download_voc2007: {name} must be a finite number > 0, got {value!r}")
     os.makedirs(dataset_dir, exist_ok=True)
+    _remove_download_orphans(dataset_dir)
     images_present = _voc_images_present(dataset_dir)
     for name, md5 in VOC_FILES_MD5.items():
         target = os.path.join(dataset_dir, name)
@@ -283,40 +499,24 @@ def download_voc2007(dataset_dir: str, url_base: str = VOC_URL_BASE, timeout: fl
             if _md5(target) == md5:
                 continue
             print(f"{target} exists but its md5 is wrong; downloading it again.")
-        part = target + ".part"
-        if os.path.exists(part):
-            os.remove(part)  # wget would otherwise pick another name instead of overwriting
         url = url_base + name
         print(f"Downloading {url} -> {target}")
-        old_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
+        fd, part = tempfile.mkstemp(prefix=name + PARTIAL_MARKER, dir=dataset_dir)
+        os.close(fd)
         try:
-            wget.download(url, out=part, bar=None)
-        except Exception as e:  # URLError, socket.timeout, HTTPError, ...
-            # wget first writes "<name>*.tmp" in the working directory; don't leave it behind.
-            for leftover in os.listdir("."):
-                if leftover.startswith(os.path.basename(part)) and leftover.endswith(".tmp"):
-                    os.remove(leftover)
+            _fetch(url, part, timeout, deadline, min_rate, rate_window, progress)
+            actual = _md5(part)
+            if actual != md5:
+                reason = f"its md5 is {actual}, expected {md5} (a corrupted or changed file)"
+                raise DownloadError(f"Downloaded {url}, but {reason}.", url, reason)
+            os.replace(part, target)
+        except DownloadError as e:
+            raise DownloadError(f"{e}\n" + _voc_manual_instructions(dataset_dir, url_base), e.url, e.reason) from e
+        finally:  # any failure, Ctrl-C included: no temporary file stays behind
             if os.path.exists(part):
                 os.remove(part)
-            raise RuntimeError(f"Could not download {url} ({type(e).__name__}: {e}).\n"
-                               + _voc_manual_instructions(dataset_dir, url_base)) from e
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        actual = _md5(part)
-        if actual != md5:
-            os.remove(part)
-            raise RuntimeError(f"Downloaded {url} has md5 {actual}, expected {md5} (corrupted or changed file).\n"
-                               + _voc_manual_instructions(dataset_dir, url_base))
-        os.replace(part, target)
     if not images_present:
-        tar_path = os.path.join(dataset_dir, "VOCtrainval_06-Nov-2007.tar")
-        print(f"Extracting {tar_path} ...")
-        with tarfile.open(tar_path) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dataset_dir, filter="data")  # refuses absolute paths and ".." members
-            else:
-                tar.extractall(dataset_dir)
+        _extract_voc_tar(os.path.join(dataset_dir, "VOCtrainval_06-Nov-2007.tar"), dataset_dir)
 
 
 class VOC2007DetectionTiny(DetectionJsonDataset):

@@ -45,6 +45,9 @@ Deviations from Cartucho's ``main.py`` (none changes an AP of well-formed input)
   this value, see ``_class_pr``.
 - Blank lines are skipped (Cartucho errors on them), and ``difficult`` must be the 6th token of
   a GT line (Cartucho looks for the substring anywhere in the line).
+- Files are read as UTF-8 and a leading byte-order mark is removed, with a note (Cartucho reads it as
+  part of the first class name, a phantom class); bytes that are not UTF-8 are an error naming the
+  file and line.
 - Non-finite numbers (``nan``, ``inf``) in any file and ground-truth boxes with ``x2 < x1`` or
   ``y2 < y1`` are input errors (``file:line`` in the message); Cartucho silently scores them.
   (Inverted *detection* boxes are accepted, as in Cartucho: they simply never match.)
@@ -181,10 +184,38 @@ def _file_id(path: str) -> str:
     return os.path.basename(path)[: -len(".txt")]
 
 
+_BOM = "\ufeff"
+
+
 def _read_text(path: str) -> str:
-    # Text mode with universal newlines, like Cartucho's readlines().
-    with open(path) as f:
-        return f.read()
+    """A file's text: UTF-8, universal newlines (like Cartucho's ``readlines()``), one leading BOM removed.
+
+    A byte-order mark (what some Windows editors put first in a UTF-8 file) would otherwise become part
+    of the first class name and create a phantom class. Non-UTF-8 input is an error naming the file, line
+    and byte, instead of a bare ``UnicodeDecodeError``.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); save the file as "
+            "UTF-8 (or plain ASCII)"
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _strip_boms(texts: List[str], paths: Sequence[str]) -> List[str]:
+    """Remove one leading byte-order mark per file, with a single note naming the files concerned."""
+    with_bom = [path for text, path in zip(texts, paths) if text.startswith(_BOM)]
+    if not with_bom:
+        return texts
+    print(f"Note: removed the UTF-8 byte-order mark at the start of {len(with_bom)} file(s), e.g. {with_bom[0]}.",
+          file=sys.stderr)
+    return [text[1:] if text.startswith(_BOM) else text for text in texts]
 
 
 def _parse_lines_slowly(texts: Sequence[str], paths: Sequence[str], is_gt: bool):
@@ -282,13 +313,14 @@ def read_box_files(folder: str, kind: str) -> BoxFiles:
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: a malformed line; the message names ``file:line`` and the expected format.
+        ValueError: a malformed line or non-UTF-8 bytes; the message names ``file:line`` (and the
+            expected format).
     """
     if kind not in ("gt", "det"):
         raise ValueError(f"kind must be 'gt' or 'det', got {kind!r}")
     is_gt = kind == "gt"
     paths = _list_txt_files(folder, "Ground-truth" if is_gt else "Detection-results")
-    texts = [_read_text(p) for p in paths]
+    texts = _strip_boms([_read_text(p) for p in paths], paths)
     parsed = None if is_gt else _parse_detections_quickly(texts)
     if parsed is None:
         parsed = _parse_lines_slowly(texts, paths, is_gt)
@@ -748,13 +780,28 @@ class CartuchoWriter:
         import tempfile
 
         previous = tempfile.mkdtemp(prefix=".previous-", dir=self.output_dir)
-        replaced = 0
-        for folder in self.FOLDERS:
-            target = os.path.join(self.output_dir, folder)
-            if os.path.exists(target):
-                replaced += len(os.listdir(target))
-                os.replace(target, os.path.join(previous, folder))
-            os.replace(os.path.join(self.tmp_dir, folder), target)
+        replaced, moved_out, moved_in = 0, [], []
+        # Both old folders go first, then both new ones: a process killed in between leaves a folder missing
+        # (evaluate_map then fails loudly), never new ground truth beside old detections. An exception in
+        # between puts the old folders back.
+        try:
+            for folder in self.FOLDERS:
+                target = os.path.join(self.output_dir, folder)
+                if os.path.exists(target):
+                    replaced += len(os.listdir(target))
+                    os.replace(target, os.path.join(previous, folder))
+                    moved_out.append(folder)
+            for folder in self.FOLDERS:
+                os.replace(os.path.join(self.tmp_dir, folder), os.path.join(self.output_dir, folder))
+                moved_in.append(folder)
+        except BaseException:
+            for folder in moved_in:
+                os.replace(os.path.join(self.output_dir, folder), os.path.join(self.tmp_dir, folder))
+            for folder in moved_out:
+                os.replace(os.path.join(previous, folder), os.path.join(self.output_dir, folder))
+            shutil.rmtree(previous, ignore_errors=True)
+            self.abort()
+            raise
         if replaced:
             print(f"Replaced the previous results in {self.output_dir} ({replaced} files) with "
                   f"{2 * len(self.ids)} new files.")
