@@ -348,6 +348,10 @@ def _greedy_nms_in_order(columns: torch.Tensor, class_ids: Optional[torch.Tensor
 
 
 def _check_nms_inputs(function_name: str, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
+    for name, value in (("boxes", boxes), ("scores", scores)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{function_name}: {name} must be a torch.Tensor, got {type(value).__name__}; "
+                            f"convert it with torch.as_tensor({name})")
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"{function_name}: boxes must have shape (N, 4), got {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
@@ -442,13 +446,18 @@ def class_spec_nms(
     Args:
         boxes: ``(N, 4)`` XYXY boxes.
         scores: ``(N,)`` scores.
-        class_ids: ``(N,)`` integer class ids.
+        class_ids: ``(N,)`` integer (or bool) class ids.
         iou_threshold: as in :func:`nms`.
 
     Returns:
         ``(K,)`` ``torch.long`` indices of kept boxes, by decreasing score, on ``boxes.device``.
     """
     _check_nms_inputs("class_spec_nms", boxes, scores, iou_threshold)
+    if not isinstance(class_ids, torch.Tensor):
+        raise TypeError(f"class_spec_nms: class_ids must be a torch.Tensor, got {type(class_ids).__name__}; "
+                        f"convert it with torch.as_tensor(class_ids)")
+    if class_ids.dtype == torch.bool:  # two classes, as torchvision's batched_nms accepts
+        class_ids = class_ids.long()
     if class_ids.shape != boxes.shape[:1]:
         raise ValueError(
             f"class_spec_nms: class_ids must have shape ({boxes.shape[0]},), got {tuple(class_ids.shape)}"

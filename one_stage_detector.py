@@ -80,6 +80,11 @@ class FCOSPredictionNetwork(nn.Module):
             stem_channels: output channels of each conv3x3 + ReLU of both stems, e.g. ``[128, 128]``.
         """
         super().__init__()
+        stem_channels = list(stem_channels)
+        bad = [c for c in stem_channels if not isinstance(c, int) or isinstance(c, bool) or c < 1]
+        if bad:
+            raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
+                             f"{stem_channels} (bad: {bad})")
 
         def make_stem() -> nn.Sequential:
             layers = []
@@ -408,6 +413,13 @@ class FCOS(nn.Module):
         if not images.is_floating_point():
             raise TypeError(
                 f"FCOS.forward: images must be floating point (normalised), got dtype {images.dtype}"
+            )
+        weight = next(self.parameters(), None)  # the backbone's first conv
+        weight_dtype = weight.dtype if weight is not None else images.dtype
+        if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
+            raise TypeError(
+                f"FCOS.forward: images have dtype {images.dtype} but the model's weights are {weight_dtype}; "
+                f"convert one of them: images.to({weight_dtype}) or model.to({images.dtype})"
             )
         if not bool(torch.isfinite(images).all()):
             raise ValueError("FCOS.forward: images contain NaN or inf values")

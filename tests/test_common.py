@@ -354,3 +354,29 @@ def test_class_spec_nms_skewed_class_sizes_agree_with_per_class_nms():
     ])
     expected = expected[scores[expected].sort(descending=True, stable=True).indices]
     assert torch.equal(ours, expected)
+
+
+# -- obscure inputs made clear (issue 10, item 8) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["numpy", "list"])
+def test_nms_refuses_arrays_and_lists_with_a_clear_type_error(kind):
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+    scores = torch.tensor([0.9, 0.8])
+    convert = (lambda t: t.numpy()) if kind == "numpy" else (lambda t: t.tolist())
+    expected_type = "ndarray" if kind == "numpy" else "list"
+    for args, name in (((convert(boxes), scores), "boxes"), ((boxes, convert(scores)), "scores")):
+        with pytest.raises(TypeError, match=rf"nms: {name} must be a torch.Tensor, got {expected_type}.*as_tensor"):
+            nms(*args, 0.5)
+    with pytest.raises(TypeError, match=rf"class_spec_nms: class_ids must be a torch.Tensor, got {expected_type}"):
+        class_spec_nms(boxes, scores, convert(torch.tensor([0, 1])), 0.5)
+
+
+def test_class_spec_nms_accepts_boolean_class_ids_like_torchvision():
+    # Two overlapping boxes of class True and one of class False on top of them: only the True pair suppresses.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [0.0, 0.0, 10.0, 10.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    class_ids = torch.tensor([True, True, False])
+    expected = torchvision.ops.batched_nms(boxes, scores, class_ids, 0.5)
+    assert expected.tolist() == [0, 2]  # IoU(0, 1) = 81 / 119 > 0.5
+    assert class_spec_nms(boxes, scores, class_ids, 0.5).tolist() == expected.tolist()

@@ -307,3 +307,82 @@ def test_agrees_with_reference_on_random_files(tmp_path, seed):
     assert fast[0] == slow[0] and list(fast[1]) == slow[1]
     np.testing.assert_array_equal(fast[2], slow[2])
     assert len(read_box_files(det_dir, "det")) == sum(slow[0])
+
+
+# input errors: bad numbers, bad min_overlap, byte-order marks, bytes that are not UTF-8
+# (moved from the former tests/test_reliability.py; BOM and encoding: issue 10, item 6)
+
+
+def _assert_message(error, *fragments):
+    missing = [fragment for fragment in fragments if fragment not in str(error)]
+    assert not missing, f"error message {str(error)!r} lacks {missing}"
+
+
+@pytest.mark.parametrize("min_overlap", [1.5, -0.1, float("nan"), "0.5", None])
+def test_evaluator_rejects_min_overlap_outside_0_1(tmp_path, min_overlap):
+    input_dir = make_input(tmp_path, {"1": ["circle 0 0 9 9"]}, {"1": ["circle 0.9 0 0 9 9"]})
+    assert evaluate_map(input_dir, quiet=True).map == 1.0  # the files themselves are fine
+    with pytest.raises(ValueError) as error:
+        evaluate_map(input_dir, min_overlap=min_overlap, quiet=True)
+    _assert_message(error.value, "min_overlap", "[0, 1]", repr(min_overlap))
+
+
+def test_evaluator_cli_reports_a_bad_min_overlap(tmp_path, capsys):
+    input_dir = make_input(tmp_path / "input", {"1": ["circle 0 0 9 9"]}, {"1": ["circle 0.9 0 0 9 9"]})
+    assert main([input_dir, "--min-overlap", "1.5", "--quiet", "--no-plot"]) == 2
+    _assert_message(capsys.readouterr().err, "min_overlap", "[0, 1]", "1.5")
+
+
+@pytest.mark.parametrize("gt_line, det_line, bad_folder, bad_token", [
+    ("circle 0 0 9 9", "circle nan 0 0 9 9", "detection-results", "nan"),
+    ("circle 0 0 9 9", "circle 0.9 0 0 inf 9", "detection-results", "inf"),
+    ("circle 0 0 nan 9", "circle 0.9 0 0 9 9", "ground-truth", "nan"),
+    ("circle 0 -inf 9 9", "circle 0.9 0 0 9 9", "ground-truth", "-inf"),
+    ("circle 9 0 0 9", "circle 0.9 0 0 9 9", "ground-truth", "circle 9 0 0 9"),  # x2 < x1
+    ("circle 0 9 9 0", "circle 0.9 0 0 9 9", "ground-truth", "circle 0 9 9 0"),  # y2 < y1
+])
+def test_evaluator_rejects_non_finite_numbers_and_inverted_gt_boxes(tmp_path, gt_line, det_line, bad_folder,
+                                                                    bad_token):
+    input_dir = make_input(tmp_path, {"000001": ["circle 20 20 40 40", gt_line]},
+                           {"000001": ["circle 0.5 20 20 40 40", det_line]})
+    with pytest.raises(ValueError) as error:
+        evaluate_map(input_dir, quiet=True)
+    _assert_message(error.value, os.path.join(input_dir, bad_folder, "000001.txt") + ":2", bad_token)
+
+
+@pytest.mark.parametrize("where", ["ground-truth", "detection-results", "both"])
+def test_a_leading_byte_order_mark_is_removed_with_a_note(tmp_path, capsys, where):
+    """A UTF-8 BOM (what some Windows editors write first) used to become part of the first class name: a
+    phantom class. By hand: two images, one correct detection each -> AP(circle) = AP(square) = 1, mAP 1.0
+    (with the phantom "\\ufeffcircle" class holding image 1's box, circle and the phantom each got AP 0 or 1
+    and the mAP fell)."""
+    bom = "\ufeff"
+    gt = {"1": "circle 0 0 9 9\n", "2": "square 20 20 40 40\n"}
+    det = {"1": "circle 0.9 0 0 9 9\n", "2": "square 0.8 20 20 40 40\n"}
+    if where in ("ground-truth", "both"):
+        gt["1"] = bom + gt["1"]
+    if where in ("detection-results", "both"):
+        det["1"] = bom + det["1"]
+    input_dir = make_input(tmp_path, gt, det)
+    with open(os.path.join(input_dir, "ground-truth", "1.txt"), "rb") as f:
+        assert f.read(3) == (b"\xef\xbb\xbf" if where != "detection-results" else b"cir")  # a real BOM on disk
+    result = evaluate_map(input_dir, quiet=True)
+    assert result.ap == {"circle": 1.0, "square": 1.0} and result.map == 1.0
+    err = capsys.readouterr().err
+    assert err.count("byte-order mark") == (2 if where == "both" else 1)
+    assert os.path.join(input_dir, where if where != "both" else "detection-results", "1.txt") in err
+
+
+@pytest.mark.parametrize("data, line, byte", [
+    (b"circle 0 0 9 9\ncaf\xe9 1 1 5 5\n", 2, "0xe9"),  # Latin-1 "cafe"
+    ("circle 0 0 9 9\n".encode("utf-16"), 1, "0xff"),  # UTF-16, starting with its own BOM FF FE
+])
+def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path, data, line, byte):
+    input_dir = make_input(tmp_path, {"1": None}, {"1": ["circle 0.9 0 0 9 9"]})
+    path = os.path.join(input_dir, "ground-truth", "1.txt")
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(ValueError) as error:
+        evaluate_map(input_dir, quiet=True)
+    _assert_message(error.value, f"{path}:{line}", byte, "UTF-8")
+    assert not isinstance(error.value, UnicodeDecodeError)

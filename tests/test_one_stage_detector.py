@@ -462,3 +462,184 @@ def test_small_fcos_learns_synthetic_boxes():
         scheduler.step()
     after = total_loss_at_fixed_normalizer(model, images, gt)
     assert after < 0.5 * before, (before, after)
+
+
+# -- bad inputs: clear messages, no state change ----------------------------------------------------
+# (Moved from the former tests/test_reliability.py; float64/float16 images and stem widths: issue 10, item 8.)
+
+@pytest.fixture(scope="module")
+def fcos3():
+    """Tiny FCOS with 3 classes (valid class ids 0, 1, 2)."""
+    reset_seed(0)
+    return make_fcos(num_classes=3, fpn_channels=16, stem_channels=(16,))
+
+
+def _image(*shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def _boxes(*rows):
+    return torch.tensor([list(rows)], dtype=torch.float32)  # (1, M, 5)
+
+
+GOOD_BOXES = _boxes([4.0, 4.0, 40.0, 40.0, 1.0])
+NAN, INF = float("nan"), float("inf")
+
+FCOS_CASES = {
+    # id: (train?, images, gt_boxes, thresholds, error type, message fragments: argument, expected, received)
+    "images_rank_3": (True, _image(3, 64, 64), GOOD_BOXES, {}, ValueError,
+                      ["images", "(B, 3, H, W)", "(3, 64, 64)"]),
+    "images_rank_5": (True, _image(1, 1, 3, 64, 64), GOOD_BOXES, {}, ValueError,
+                      ["images", "(B, 3, H, W)", "(1, 1, 3, 64, 64)"]),
+    "images_grey_1_channel": (True, _image(1, 1, 64, 64), GOOD_BOXES, {}, ValueError,
+                              ["images", "(B, 3, H, W)", "(1, 1, 64, 64)"]),
+    "images_rgba_4_channels": (False, _image(1, 4, 64, 64), None, {}, ValueError,
+                               ["images", "(B, 3, H, W)", "(1, 4, 64, 64)"]),
+    "images_channels_last": (True, _image(1, 64, 64, 3), GOOD_BOXES, {}, ValueError,
+                             ["images", "(B, 3, H, W)", "(1, 64, 64, 3)"]),
+    "images_uint8": (True, _image(1, 3, 64, 64).clamp(0, 1).mul(255).to(torch.uint8), GOOD_BOXES, {}, TypeError,
+                     ["images", "floating", "uint8"]),
+    "images_float64_into_float32_model": (True, _image(1, 3, 64, 64, dtype=torch.float64), GOOD_BOXES, {},
+                                          TypeError, ["images", "torch.float64", "torch.float32", "model.to("]),
+    "images_float16_into_float32_model": (False, _image(1, 3, 64, 64, dtype=torch.float16), None, {}, TypeError,
+                                          ["images", "torch.float16", "torch.float32", "images.to("]),
+    "images_numpy": (True, _image(1, 3, 64, 64).numpy(), GOOD_BOXES, {}, TypeError,
+                     ["images", "Tensor", "ndarray"]),
+    "images_empty_batch": (True, _image(0, 3, 64, 64), torch.zeros(0, 1, 5), {}, ValueError,
+                           ["images", "B = 0"]),
+    "images_nan_train": (True, _image(1, 3, 64, 64).index_fill(3, torch.tensor([5]), NAN), GOOD_BOXES, {},
+                         ValueError, ["images", "NaN"]),
+    "images_inf_eval": (False, _image(1, 3, 64, 64).index_fill(2, torch.tensor([7]), INF), None, {},
+                        ValueError, ["images", "inf"]),
+    "gt_boxes_missing": (True, _image(1, 3, 64, 64), None, {}, ValueError, ["gt_boxes", "required"]),
+    "gt_boxes_without_class_column": (True, _image(1, 3, 64, 64), GOOD_BOXES[..., :4], {}, ValueError,
+                                      ["gt_boxes", "M, 5)", "(1, 1, 4)"]),
+    "gt_boxes_rank_2": (True, _image(1, 3, 64, 64), GOOD_BOXES[0], {}, ValueError,
+                        ["gt_boxes", "M, 5)", "(1, 5)"]),
+    "gt_boxes_batch_mismatch": (True, _image(1, 3, 64, 64), GOOD_BOXES.expand(2, -1, -1), {}, ValueError,
+                                ["gt_boxes", "B=1", "(2, 1, 5)"]),
+    "gt_boxes_list": (True, _image(1, 3, 64, 64), GOOD_BOXES.tolist(), {}, TypeError,
+                      ["gt_boxes", "Tensor", "list"]),
+    "class_id_equal_to_num_classes": (True, _image(1, 3, 64, 64), _boxes([4, 4, 40, 40, 3]), {}, ValueError,
+                                      ["gt_boxes", "[0, 2]", "3"]),
+    "class_id_negative": (True, _image(1, 3, 64, 64), _boxes([4, 4, 40, 40, -2]), {}, ValueError,
+                          ["gt_boxes", "[0, 2]", "-2"]),
+    "class_id_not_integer": (True, _image(1, 3, 64, 64), _boxes([4, 4, 40, 40, 1.5]), {}, ValueError,
+                             ["gt_boxes", "integers", "1.5"]),
+    "box_x2_less_than_x1": (True, _image(1, 3, 64, 64), _boxes([40, 4, 20, 40, 1]), {}, ValueError,
+                            ["gt_boxes", "x2 >= x1", "40.0, 4.0, 20.0"]),
+    "box_y2_less_than_y1": (True, _image(1, 3, 64, 64), _boxes([4, 40, 40, 20, 1]), {}, ValueError,
+                            ["gt_boxes", "y2 >= y1", "4.0, 40.0, 40.0, 20.0"]),
+    "box_nan": (True, _image(1, 3, 64, 64), _boxes([4, 4, NAN, 40, 1]), {}, ValueError, ["gt_boxes", "NaN"]),
+    "box_inf": (True, _image(1, 3, 64, 64), _boxes([4, 4, INF, 40, 1]), {}, ValueError, ["gt_boxes", "inf"]),
+    "class_nan": (True, _image(1, 3, 64, 64), _boxes([4, 4, 40, 40, NAN]), {}, ValueError, ["gt_boxes", "NaN"]),
+    "score_thresh_above_1": (False, _image(1, 3, 64, 64), None, dict(test_score_thresh=1.5), ValueError,
+                             ["test_score_thresh", "[0, 1]", "1.5"]),
+    "score_thresh_negative": (False, _image(1, 3, 64, 64), None, dict(test_score_thresh=-0.01), ValueError,
+                              ["test_score_thresh", "[0, 1]", "-0.01"]),
+    "score_thresh_nan": (False, _image(1, 3, 64, 64), None, dict(test_score_thresh=NAN), ValueError,
+                         ["test_score_thresh", "[0, 1]", "nan"]),
+    "nms_thresh_above_1": (False, _image(1, 3, 64, 64), None, dict(test_nms_thresh=1.01), ValueError,
+                           ["test_nms_thresh", "[0, 1]", "1.01"]),
+    "nms_thresh_negative": (False, _image(1, 3, 64, 64), None, dict(test_nms_thresh=-0.5), ValueError,
+                            ["test_nms_thresh", "[0, 1]", "-0.5"]),
+}
+
+
+def _assert_message(error, *fragments):
+    missing = [fragment for fragment in fragments if fragment not in str(error)]
+    assert not missing, f"error message {str(error)!r} ({type(error).__name__}) lacks {missing}"
+
+
+@pytest.mark.parametrize("case", list(FCOS_CASES))
+def test_fcos_forward_rejects_bad_input_with_a_clear_message(fcos3, case):
+    train, images, gt_boxes, thresholds, error_type, fragments = FCOS_CASES[case]
+    fcos3.train(train)
+    normalizer = fcos3._normalizer
+    running_mean = fcos3.backbone.backbone.stem[1].running_mean.clone()
+    with pytest.raises(error_type) as error:
+        if train:
+            fcos3(images, gt_boxes, **thresholds)
+        else:
+            fcos3(images, **thresholds)
+    _assert_message(error.value, *fragments)
+    assert fcos3._normalizer == normalizer, "a rejected batch must not update the loss normaliser"
+    assert torch.equal(fcos3.backbone.backbone.stem[1].running_mean, running_mean), "nor BatchNorm statistics"
+
+
+@pytest.mark.parametrize("case", ["integer_gt_boxes", "image_16px_batch_1", "image_32px_batch_1"])
+def test_fcos_forward_never_crashes_deep_inside_torch(fcos3, case):
+    """Inputs a user may well pass: they must either work (finite losses) or be refused with a message naming
+    the argument and the received value, not fail inside torch (integer overflow, BatchNorm internals)."""
+    fcos3.train()
+    if case == "integer_gt_boxes":
+        images, gt_boxes = _image(1, 3, 64, 64), torch.tensor([[[4, 4, 40, 40, 1]]])  # int64 boxes
+        name, received = "gt_boxes", "int64"
+    else:
+        size = 16 if case == "image_16px_batch_1" else 32
+        images, gt_boxes, name, received = _image(1, 3, size, size), _boxes([2, 2, 12, 12, 1]), "images", str(size)
+    try:
+        losses = fcos3(images, gt_boxes)
+    except (ValueError, TypeError) as error:
+        _assert_message(error, name, received)
+    else:
+        assert all(torch.isfinite(value) for value in losses.values()), losses
+
+
+def test_matching_dtypes_other_than_float32_still_work(fcos3):
+    # The dtype check compares images with the weights: a float64 model takes float64 images (see the
+    # sizes/dtypes test above), and autocast (mixed precision) mixes dtypes on purpose.
+    fcos3.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = fcos3(_image(1, 3, 64, 64, dtype=torch.bfloat16), GOOD_BOXES)  # bfloat16 images, float32 weights
+    assert all(torch.isfinite(value) for value in losses.values())
+
+
+@pytest.mark.parametrize("stem_channels", [[0], [-8], [16, 0], [16.0], [True]])
+def test_stem_channels_must_be_positive_ints(stem_channels):
+    with pytest.raises(ValueError) as error:
+        FCOSPredictionNetwork(num_classes=3, in_channels=16, stem_channels=stem_channels)
+    _assert_message(error.value, "stem_channels", "positive ints", str(stem_channels))
+    with pytest.raises(ValueError, match="stem_channels"):
+        make_fcos(num_classes=3, fpn_channels=16, stem_channels=stem_channels)
+
+
+# -- the loss normaliser after batches without objects (issue 10, item 9) ---------------------------------------
+
+def test_empty_batches_cannot_pull_the_normaliser_below_half_its_last_value():
+    """The issue: after a long run of batches without objects the plain EMA fell to ~2.5 and the next normal
+    batch's losses were ~50x too large. Now empty batches follow the course's EMA but stop at half the value
+    after the last batch with objects.
+
+    By hand, from 125 (after a batch with objects): the plain EMA after 37 empty batches would be
+    125 * 0.9**37 = 2.54; bounded, 125 * 0.9**k stays above 62.5 for k <= 6 (125 * 0.9**6 = 66.4) and is held at
+    62.5 from k = 7 (125 * 0.9**7 = 59.8). Then one image with 24 foreground locations (the 224 px image with
+    box [0, 0, 48, 32] of the grid test above): 0.9 * 62.5 + 0.1 * 24 = 58.65, where 125 would give
+    0.9 * 125 + 2.4 = 114.9: that batch's losses are 114.9 / 58.65 = 1.96x the steady ones, not
+    114.9 / (0.9 * 2.54 + 2.4) = 24.5x."""
+    reset_seed(0)
+    model = make_fcos(num_classes=2, fpn_channels=16, stem_channels=(16,))
+    model.train()
+    image = torch.randn(1, 3, 224, 224)
+    gt = torch.tensor([[[0.0, 0.0, 48.0, 32.0, 1.0]]])
+    empty = torch.zeros(2, 100, dtype=torch.bool)  # is_foreground of a batch of 2 images without objects
+
+    model.load_training_state({"normalizer": 125.0, "normalizer_anchor": 125.0})
+    steady = model(image, gt)
+    assert model.loss_normalizer == pytest.approx(114.9)
+
+    for on_device in (False, True):
+        model.load_training_state({"normalizer": 125.0, "normalizer_anchor": 125.0})
+        if on_device:
+            model.keep_normalizer_on_device("cpu")  # the engine's sync-free path: same numbers
+        values = []
+        for _ in range(37):
+            model._update_normalizer(empty)
+            values.append(model.loss_normalizer)
+        expected = [max(125 * 0.9 ** k, 62.5) for k in range(1, 38)]
+        assert values == pytest.approx(expected, rel=1e-12)
+        after = model(image, gt)
+        assert model.loss_normalizer == pytest.approx(58.65)
+        for name in steady:
+            assert (after[name] / steady[name]).item() == pytest.approx(114.9 / 58.65, rel=1e-5), name
+    model.load_training_state({"normalizer": 150.0})

@@ -40,7 +40,7 @@ def test_same_seed_gives_identical_files_and_pixels(tmp_path):
     assert _read(a, "shapes_train.json") != _read(c, "shapes_train.json")
     # Train and val are different images.
     assert _read(a, "images/train/000000.jpg") != _read(a, "images/val/000000.jpg")
-    assert not [d for d in os.listdir(tmp_path) if d.startswith(".shapes-tmp-")], "temporary dirs removed"
+    assert not [d for d in os.listdir(tmp_path) if ".partial-" in d], "temporary dirs removed"
 
 
 def test_existing_dataset_is_reused_and_regenerated_when_parameters_change(tmp_path, capsys):
