@@ -65,7 +65,8 @@ def _preset(key: str) -> str:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
+        prog="train_fcos.py",
         description="Train FCOS (RegNetX-400MF + P3-P5 FPN) and evaluate mAP@0.5 on the offline Shapes dataset "
                     "(CPU demo) or PASCAL VOC 2007 (GPU). Defaults in parentheses are per dataset.",
         epilog="Examples:\n"
@@ -154,11 +155,114 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.ema_decay = None
     if args.run_dir is None:
         args.run_dir = os.path.join("runs", args.dataset)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("WARNING: CUDA is not available; training on the CPU instead (VOC at 224 px takes many hours "
-              "there; use a GPU or --dataset shapes).", file=sys.stderr)
-        args.device = "cpu"
     return args
+
+
+# ==================================================================================================
+# User mistakes: found before any work, answered in one or two lines (see cli())
+# ==================================================================================================
+
+class UsageError(Exception):
+    """A mistake in the command line or in what it points at; ``cli()`` prints it without a traceback."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is two short lines instead of the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nRun {self.prog} --help to see every option.\n")
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at most ``os.cpu_count()``."""
+    count = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        count = min(count, len(os.sched_getaffinity(0)))
+    return max(1, count)
+
+
+def _check_device(args: argparse.Namespace) -> str:
+    """The device to use, or a UsageError in the CLI's words (``--device``, ``--dataset``)."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device must be cpu, cuda or cuda:N (a GPU index), got {args.device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N (a GPU index), got {args.device!r}")
+    if device.type == "cpu":
+        return str(device)
+    if not torch.cuda.is_available():
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "no NVIDIA GPU was found"
+        if "device" in args.explicit:
+            raise UsageError(f"--device {args.device}: CUDA is not available ({why}); use --device cpu")
+        if args.eval_only:
+            print(f"CUDA is not available ({why}): evaluating on the CPU.")
+            return "cpu"
+        raise UsageError(
+            f"--dataset {args.dataset} trains on a GPU by default, but CUDA is not available ({why}); on the CPU its "
+            f"{args.max_iters} iterations at {args.image_size} px take many hours.\nPass --device cpu to train on the "
+            f"CPU anyway (e.g. with a smaller --max-iters), or try --dataset shapes (a CPU demo).")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {args.device}: there are only {torch.cuda.device_count()} GPU(s) "
+                         f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return str(device)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot work before generating data or building a model (raises ``UsageError``);
+    adjusts ``args`` where the choice is safe (device, DataLoader workers)."""
+    if not (math.isfinite(args.cls_loss_weight) and args.cls_loss_weight >= 0):
+        raise UsageError(f"--cls-loss-weight must be a finite number >= 0, got {args.cls_loss_weight} (a negative "
+                         f"weight trains towards a worse model)")
+    args.device = _check_device(args)
+    cores = _usable_cores()
+    if args.num_workers > cores:
+        print(f"--num-workers {args.num_workers} is more than the {cores} core(s) here: using {cores}.")
+        args.num_workers = cores
+    checkpoint_path = os.path.join(args.run_dir, "checkpoint.pt")
+    if args.eval_only and not os.path.isfile(checkpoint_path):
+        raise UsageError(f"--eval-only: there is no checkpoint to evaluate at {checkpoint_path}. Train first (run "
+                         f"without --eval-only), or point --run-dir at a finished run.")
+    if not args.eval_only:
+        try:
+            from eecs598.checkpoint import check_writable
+
+            check_writable(checkpoint_path)
+        except OSError as e:
+            raise UsageError(f"cannot write into --run-dir {args.run_dir}: {e.strerror or e}") from None
+    if args.dataset == "voc" and not args.download:
+        needed = ["voc07_train.json", "voc07_val.json", os.path.join("VOCdevkit", "VOC2007", "JPEGImages")]
+        missing = [name for name in needed if not os.path.exists(os.path.join(args.data_dir, name))]
+        if missing:
+            raise UsageError(
+                f"VOC 2007 is not in --data-dir {args.data_dir} (missing {', '.join(missing)}).\nAdd --download "
+                f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+
+
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``python train_fcos.py ...``: :func:`main`, with user mistakes answered in one or two lines, in the
+    command line's own words, and exit status 2 (a KeyboardInterrupt: 130). Anything else is a bug and
+    keeps its traceback."""
+    from eecs598.checkpoint import CheckpointError
+    from eecs598.datasets import VOC_URL_BASE, DownloadError
+
+    def fail(message: str, status: int = 2) -> int:
+        print(f"train_fcos.py: error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        main(argv)
+    except UsageError as e:
+        return fail(str(e))
+    except DownloadError as e:
+        return fail(f"--download failed: {e.reason} ({e.url}).\nWithout internet: copy voc07_train.json, "
+                    f"voc07_val.json and VOCtrainval_06-Nov-2007.tar from {VOC_URL_BASE} into --data-dir by hand, "
+                    f"extract the tar there, and run again without --download.")
+    except CheckpointError as e:
+        return fail(f"{str(e).split('. ')[0]}.\nDelete it to train from scratch (or pass another --run-dir).")
+    except KeyboardInterrupt:
+        return fail("interrupted. Run the same command with --resume to continue from the last checkpoint.", 130)
+    return 0
 
 
 def _busy_cores(seconds: float = 0.5) -> Optional[float]:
@@ -261,7 +365,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         sys.stdout.reconfigure(line_buffering=True)  # log lines appear at once also when redirected to a file
     threads = torch.get_num_threads()
     try:
-        return run(parse_args(argv))
+        args = parse_args(argv)
+        check_args(args)
+        return run(args)
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
 
@@ -355,4 +461,4 @@ def run(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

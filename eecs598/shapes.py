@@ -179,6 +179,30 @@ def _read_meta(root: str) -> Optional[Dict]:
         return None
 
 
+def _temporary_prefix(root: str) -> str:
+    """Name prefix of the temporary directories that generating ``root`` creates beside it."""
+    return "." + os.path.basename(os.path.abspath(root)) + ".partial-"
+
+
+def _remove_orphan_temporaries(root: str) -> List[str]:
+    """Delete the temporary directories of ``root`` that a killed generator left; returns their paths.
+
+    Only ``.<basename(root)>.partial-*`` entries beside ``root`` are touched (generating the same ``root``
+    from two processes at once is not supported, so any such directory is an orphan).
+    """
+    parent = os.path.dirname(os.path.abspath(root))
+    if not os.path.isdir(parent):
+        return []
+    prefix = _temporary_prefix(root)
+    removed = [os.path.join(parent, name) for name in os.listdir(parent) if name.startswith(prefix)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        print(f"Removed {len(removed)} unfinished Shapes dataset folder(s) left beside {root} by an interrupted "
+              f"generation.")
+    return removed
+
+
 def shapes_dataset_ready(root: str, params: Dict) -> bool:
     """True if ``root`` holds a complete Shapes dataset generated with exactly ``params``."""
     meta = _read_meta(root)
@@ -208,8 +232,10 @@ def generate_shapes_dataset(
 ) -> str:
     """Generate the Shapes dataset in ``root`` (skipped when it is already there with the same parameters).
 
-    The files are written into a temporary directory beside ``root`` and moved in place at the end; the
-    parameter file ``shapes_meta.json`` is written last, so an interrupted run is simply redone next time.
+    The files are written into a hidden temporary directory beside ``root``
+    (``.<basename(root)>.partial-<random>``) and moved in place at the end; the parameter file
+    ``shapes_meta.json`` is written last, so an interrupted run is simply redone next time. Temporary
+    directories that a killed run left for ``root`` are removed when the next call starts.
 
     Args:
         root: output directory.
@@ -235,15 +261,16 @@ def generate_shapes_dataset(
     params = dict(version=GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
                   image_size=int(image_size), seed=int(seed), min_size=int(min_size), max_size=int(max_size),
                   max_objects=int(max_objects), jpeg_quality=int(jpeg_quality), classes=list(SHAPE_CLASSES))
+    parent = os.path.dirname(os.path.abspath(root))
+    _remove_orphan_temporaries(root)
     if not force and shapes_dataset_ready(root, params):
         if not quiet:
             print(f"Shapes dataset already present in {root} (same parameters), skipping generation.")
         return root
 
     start = time.time()
-    parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=_temporary_prefix(root), dir=parent)
     try:
         for split, split_id in SPLIT_IDS.items():
             os.makedirs(os.path.join(tmp, "images", split))

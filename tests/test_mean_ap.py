@@ -353,9 +353,9 @@ def test_evaluator_rejects_non_finite_numbers_and_inverted_gt_boxes(tmp_path, gt
 @pytest.mark.parametrize("where", ["ground-truth", "detection-results", "both"])
 def test_a_leading_byte_order_mark_is_removed_with_a_note(tmp_path, capsys, where):
     """A UTF-8 BOM (what some Windows editors write first) used to become part of the first class name: a
-    phantom class. By hand: two images, one correct detection each -> AP(circle) = AP(square) = 1, mAP 1.0
-    (with the phantom "\\ufeffcircle" class holding image 1's box, circle and the phantom each got AP 0 or 1
-    and the mAP fell)."""
+    phantom class. By hand: two images, one correct detection each -> AP(circle) = AP(square) = 1, mAP 1.0.
+    (Before, with a BOM in one of the two files, the ground truth and the detection of image 1 had different
+    class names: AP 0 for that class and mAP 0.5.)"""
     bom = "\ufeff"
     gt = {"1": "circle 0 0 9 9\n", "2": "square 20 20 40 40\n"}
     det = {"1": "circle 0.9 0 0 9 9\n", "2": "square 0.8 20 20 40 40\n"}
