@@ -215,10 +215,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--cls-loss-weight must be a finite number >= 0, got {args.cls_loss_weight} (a negative "
                          f"weight trains towards a worse model)")
     args.device = _check_device(args)
-    cores = _usable_cores()
-    if args.num_workers > cores:
-        print(f"--num-workers {args.num_workers} is more than the {cores} core(s) here: using {cores}.")
-        args.num_workers = cores
     checkpoint_path = os.path.join(args.run_dir, "checkpoint.pt")
     if args.eval_only and not os.path.isfile(checkpoint_path):
         raise UsageError(f"--eval-only: there is no checkpoint to evaluate at {checkpoint_path}. Train first (run "
@@ -237,6 +233,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"VOC 2007 is not in --data-dir {args.data_dir} (missing {', '.join(missing)}).\nAdd --download "
                 f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+    cores = _usable_cores()
+    if args.num_workers > cores:
+        print(f"--num-workers {args.num_workers} is more than the {cores} core(s) here: using {cores}.")
+        args.num_workers = cores
 
 
 def cli(argv: Optional[List[str]] = None) -> int:

@@ -133,3 +133,22 @@ def test_invalid_parameters(tmp_path, kwargs):
     with pytest.raises(ValueError):
         generate_shapes_dataset(str(tmp_path / "x"), **dict(dict(num_train=2, num_val=2, image_size=64,
                                                                 min_size=10, max_size=32), **kwargs))
+
+
+def test_temporaries_of_a_killed_generator_are_removed_at_the_next_start(tmp_path, capsys):
+    """Issue 10, item 5: a generator killed mid-way used to leave its hidden temporary folder forever."""
+    from kill_harness import TrainingChild
+
+    root = tmp_path / "shapes"
+    child = TrainingChild(generate_shapes_dataset, dict(root=str(root), num_train=400, num_val=10, image_size=64,
+                                                        quiet=True), tmp_path / "generator")
+    child.wait_until(lambda: any(".partial-" in name for name in os.listdir(tmp_path)), "temporary folder")
+    assert child.kill(), "the generator finished before the kill"
+    orphans = [name for name in os.listdir(tmp_path) if name.startswith(".shapes.partial-")]
+    assert len(orphans) == 1
+    (tmp_path / ".shapes-2.partial-abc").mkdir()  # another dataset's temporary: not ours to remove
+
+    generate_shapes_dataset(str(root), **SMALL)
+    assert "Removed 1 unfinished Shapes dataset folder(s)" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == [".shapes-2.partial-abc", "generator.log", "shapes"]
+    assert len(os.listdir(root / "images" / "train")) == SMALL["num_train"]

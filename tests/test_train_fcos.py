@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import a4_helper
+import eecs598.datasets
 import train_fcos
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def test_voc_preset_is_the_assignment_setting(monkeypatch):
     args = train_fcos.parse_args(["--dataset", "voc"])
     assert (args.max_iters, args.batch_size, args.learning_rate, args.optimizer) == (9000, 16, 8e-3, "sgd")
     assert (args.fpn_channels, args.stem_channels, args.image_size, args.pretrained) == (128, [128, 128], 224, True)
-    assert args.data_dir == "data" and args.device == "cpu"  # no GPU here: falls back with a warning
+    assert args.data_dir == "data" and args.device == "cuda"  # without a GPU, check_args refuses it (below)
     args = train_fcos.parse_args(["--dataset", "voc", "--lr", "0.01", "--grad-clip", "0", "--no-pretrained"])
     assert args.learning_rate == 0.01 and args.grad_clip_norm is None and args.pretrained is False
 
@@ -76,3 +77,104 @@ def test_thread_choice_falls_back_to_one_thread_on_a_busy_cpu(monkeypatch):
     assert train_fcos.choose_cpu_threads() == 2
     monkeypatch.setattr(train_fcos, "_busy_cores", lambda: None)  # cannot tell: keep torch's default
     assert train_fcos.choose_cpu_threads() == 2
+
+
+# ==================================================================================================
+# User mistakes: one or two lines in the CLI's own words, exit status 2, no work done first (issue 10, item 10)
+# ==================================================================================================
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--max-iters", "0"), ("--score-thresh", "1.5"),
+                                           ("--nms-thresh", "-0.1"), ("--cls-loss-weight", "-1"),
+                                           ("--cls-loss-weight", "nan")])
+def test_bad_numbers_are_refused_before_doing_any_work(tmp_path, capsys, option, value):
+    data_dir, run_dir = tmp_path / "shapes", tmp_path / "run"
+    argv = ["--dataset", "shapes", "--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY, option, value]
+    try:
+        status = train_fcos.cli(argv)
+    except SystemExit as exit:  # argparse's own checks
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert option in err and value in err, err
+    assert err.startswith("train_fcos.py: error: ") and len(err.strip().splitlines()) <= 2, err
+    # Fail fast: no dataset generated, no model trained, before the user learns about a typo.
+    assert not data_dir.exists(), f"the dataset was generated before {option} {value} was refused"
+    assert not (run_dir / "checkpoint.pt").exists(), f"a model was trained before {option} {value} was refused"
+
+
+def _offline_download(monkeypatch):
+    real = eecs598.datasets.download_voc2007
+    monkeypatch.setattr(eecs598.datasets, "download_voc2007",
+                        lambda root, **kwargs: real(root, url_base="http://127.0.0.1:9/", timeout=2.0, progress=False))
+
+
+MISTAKES = {
+    # id: (argv, set-up, words the answer must contain)
+    "device_gpu": (["--dataset", "shapes", "--device", "gpu"], None, ["--device", "'gpu'", "cpu, cuda"]),
+    "explicit_cuda_without_gpu": (["--dataset", "shapes", "--device", "cuda"], "no_gpu",
+                                  ["--device cuda", "CUDA is not available", "--device cpu"]),
+    "voc_on_a_cpu_without_device_cpu": (["--dataset", "voc"], "no_gpu",
+                                        ["--dataset voc", "CUDA is not available", "--device cpu"]),
+    "voc_data_missing": (["--dataset", "voc", "--device", "cpu"], None,
+                         ["VOC 2007 is not in --data-dir", "voc07_train.json", "--download"]),
+    "voc_download_offline": (["--dataset", "voc", "--device", "cpu", "--download"], "offline",
+                             ["--download failed", "cannot connect", "127.0.0.1:9", "without --download"]),
+    "eval_only_before_training": (["--dataset", "shapes", "--eval-only"], None,
+                                  ["--eval-only", "no checkpoint", "checkpoint.pt", "without --eval-only"]),
+    "eval_only_damaged_checkpoint": (["--dataset", "shapes", "--eval-only"], "damaged_checkpoint",
+                                     ["checkpoint.pt", "truncated or corrupt", "Delete it"]),
+    "run_dir_not_writable": (["--dataset", "shapes"], "run_dir_under_a_file", ["cannot write into --run-dir"]),
+    "ctrl_c": (["--dataset", "shapes"], "ctrl_c", ["interrupted", "--resume"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_user_mistakes_get_a_short_answer_in_the_clis_words(tmp_path, monkeypatch, capsys, case):
+    argv, setup, words = MISTAKES[case]
+    data_dir, run_dir = tmp_path / "data", tmp_path / "run"
+    if setup == "no_gpu":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    elif setup == "offline":
+        _offline_download(monkeypatch)
+    elif setup == "damaged_checkpoint":
+        run_dir.mkdir()
+        (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    elif setup == "run_dir_under_a_file":
+        (tmp_path / "notes.txt").write_text("a file")
+        run_dir = tmp_path / "notes.txt" / "run"
+    elif setup == "ctrl_c":
+        monkeypatch.setattr(train_fcos, "run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    status = train_fcos.cli([*argv, "--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY])
+    err = capsys.readouterr().err
+    assert status == (130 if case == "ctrl_c" else 2)
+    assert err.startswith("train_fcos.py: error: ") and 1 <= len(err.strip().splitlines()) <= 2, err
+    missing = [word for word in words if word not in err]
+    assert not missing, f"{err!r} lacks {missing}"
+    assert "Traceback" not in err and "download=True" not in err and "pretrained=" not in err
+    if setup != "damaged_checkpoint":  # that one is found when the checkpoint is read, after the data
+        assert not data_dir.exists() or case == "voc_download_offline", "work was done before the refusal"
+    if case == "voc_download_offline":
+        assert os.listdir(data_dir) == [], "the failed download left files behind"
+
+
+def test_dataloader_workers_never_exceed_the_cores(tmp_path, capsys):
+    args = train_fcos.parse_args(["--dataset", "shapes", "--run-dir", str(tmp_path), "--num-workers", "512"])
+    train_fcos.check_args(args)
+    assert 1 <= args.num_workers <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert args.num_workers == min(os.cpu_count(), len(os.sched_getaffinity(0)))
+    assert f"--num-workers 512 is more than the {args.num_workers} core(s)" in capsys.readouterr().out
+    args = train_fcos.parse_args(["--dataset", "shapes", "--run-dir", str(tmp_path), "--num-workers", "1"])
+    train_fcos.check_args(args)
+    assert args.num_workers == 1
+
+
+def test_the_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train_fcos.py"), "--cls-loss-weight", "-1",
+                             "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "shapes")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "train_fcos.py: error: --cls-loss-weight must be a finite number >= 0, got -1.0 (a negative weight trains "
+        "towards a worse model)"]
+    assert not (tmp_path / "shapes").exists()
