@@ -219,13 +219,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.eval_only and not os.path.isfile(checkpoint_path):
         raise UsageError(f"--eval-only: there is no checkpoint to evaluate at {checkpoint_path}. Train first (run "
                          f"without --eval-only), or point --run-dir at a finished run.")
-    if not args.eval_only:
-        try:
-            from eecs598.checkpoint import check_writable
-
-            check_writable(checkpoint_path)
-        except OSError as e:
-            raise UsageError(f"cannot write into --run-dir {args.run_dir}: {e.strerror or e}") from None
     if args.dataset == "voc" and not args.download:
         needed = ["voc07_train.json", "voc07_val.json", os.path.join("VOCdevkit", "VOC2007", "JPEGImages")]
         missing = [name for name in needed if not os.path.exists(os.path.join(args.data_dir, name))]
@@ -233,6 +226,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"VOC 2007 is not in --data-dir {args.data_dir} (missing {', '.join(missing)}).\nAdd --download "
                 f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+    if not args.eval_only:
+        try:
+            from eecs598.checkpoint import check_writable
+
+            check_writable(checkpoint_path)  # creates --run-dir
+        except OSError as e:
+            reason = (f"{checkpoint_path} is a directory" if os.path.isdir(checkpoint_path)
+                      else getattr(e.__cause__, "strerror", None) or e.strerror or str(e))
+            raise UsageError(f"cannot write into --run-dir {args.run_dir}: {reason}") from None
     cores = _usable_cores()
     if args.num_workers > cores:
         print(f"--num-workers {args.num_workers} is more than the {cores} core(s) here: using {cores}.")

@@ -300,7 +300,7 @@ class NonFiniteGuard:
                 torch._foreach_copy_(self.buffers, self.saved)
 
     def restore(self) -> None:
-        """Undo what the current step's forward pass changed: float buffers and the training state."""
+        """Undo what the current step's forward pass changed: the buffers and the training state."""
         self.restore_buffers()
         if self.saved_training_state is not None and hasattr(self.module, "load_training_state"):
             self.module.load_training_state(self.saved_training_state)

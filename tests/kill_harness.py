@@ -41,6 +41,8 @@ class TrainingChild:
         log_path, result_path: its stdout+stderr, and the JSON of ``target``'s return value once it finished.
     """
 
+    started_children = []  # every child started, so that a failing test can kill the ones still running
+
     def __init__(self, target, kwargs, prefix):
         self.log_path, self.result_path = f"{prefix}.log", f"{prefix}.json"
         self.status = None
@@ -51,7 +53,7 @@ class TrainingChild:
         if pid == 0:
             _child_main(target, kwargs, self.log_path, self.result_path)  # never returns
         self.pid = pid
-        self.started = time.monotonic()
+        TrainingChild.started_children.append(self)
 
     def alive(self):
         if self.status is None:
@@ -69,8 +71,18 @@ class TrainingChild:
         deadline = time.monotonic() + timeout
         while not condition():
             assert self.alive(), f"the child ended before {what}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{self.log()}"
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"no {what} after {timeout} s:\n{self.log()}")
             time.sleep(poll)
+
+    @classmethod
+    def kill_all(cls):
+        """SIGKILL and reap every child still running (test teardown)."""
+        while cls.started_children:
+            child = cls.started_children.pop()
+            if child.status is None:
+                child.kill()
 
     def kill(self):
         """SIGKILL the child and reap it; True if the kill interrupted it, False if it had already finished."""

@@ -40,6 +40,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_child_left_running():
+    """A failing test must not leave a forked training process behind."""
+    yield
+    TrainingChild.kill_all()
+
+
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")

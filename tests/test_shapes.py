@@ -142,8 +142,11 @@ def test_temporaries_of_a_killed_generator_are_removed_at_the_next_start(tmp_pat
     root = tmp_path / "shapes"
     child = TrainingChild(generate_shapes_dataset, dict(root=str(root), num_train=400, num_val=10, image_size=64,
                                                         quiet=True), tmp_path / "generator")
-    child.wait_until(lambda: any(".partial-" in name for name in os.listdir(tmp_path)), "temporary folder")
-    assert child.kill(), "the generator finished before the kill"
+    try:
+        child.wait_until(lambda: any(".partial-" in name for name in os.listdir(tmp_path)), "temporary folder")
+    finally:
+        killed = child.kill()
+    assert killed, "the generator finished before the kill"
     orphans = [name for name in os.listdir(tmp_path) if name.startswith(".shapes.partial-")]
     assert len(orphans) == 1
     (tmp_path / ".shapes-2.partial-abc").mkdir()  # another dataset's temporary: not ours to remove

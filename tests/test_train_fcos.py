@@ -123,7 +123,8 @@ MISTAKES = {
                                   ["--eval-only", "no checkpoint", "checkpoint.pt", "without --eval-only"]),
     "eval_only_damaged_checkpoint": (["--dataset", "shapes", "--eval-only"], "damaged_checkpoint",
                                      ["checkpoint.pt", "truncated or corrupt", "Delete it"]),
-    "run_dir_not_writable": (["--dataset", "shapes"], "run_dir_under_a_file", ["cannot write into --run-dir"]),
+    "run_dir_not_writable": (["--dataset", "shapes"], "run_dir_under_a_file",
+                             ["cannot write into --run-dir", "notes.txt", "Not a directory"]),
     "ctrl_c": (["--dataset", "shapes"], "ctrl_c", ["interrupted", "--resume"]),
 }
 
@@ -153,6 +154,8 @@ def test_user_mistakes_get_a_short_answer_in_the_clis_words(tmp_path, monkeypatc
     assert "Traceback" not in err and "download=True" not in err and "pretrained=" not in err
     if setup != "damaged_checkpoint":  # that one is found when the checkpoint is read, after the data
         assert not data_dir.exists() or case == "voc_download_offline", "work was done before the refusal"
+    if setup not in ("damaged_checkpoint", "offline", "ctrl_c"):
+        assert not run_dir.exists(), "--run-dir was created before the refusal"
     if case == "voc_download_offline":
         assert os.listdir(data_dir) == [], "the failed download left files behind"
 
