@@ -656,7 +656,7 @@ def train_detector(
     extend: bool = False,
     sync_every_step: bool = True,
     image_cache: bool = False,
-    compile_model: bool = False,
+    compile_model=False,
     distributed=None,
     run_config: Optional[Dict[str, Any]] = None,
     plot: bool = True,
@@ -698,7 +698,8 @@ def train_detector(
             needs ``fused_optimizer=True`` unless ``precision="fp16"``).
         image_cache: keep the whole (decoded) training set on ``device`` (``eecs598.device_cache``); needs
             ``resumable_order``. Randomness inside the dataset is frozen by the cache.
-        compile_model: ``torch.compile`` the backbone and head (first iterations are slow: compilation).
+        compile_model: ``torch.compile`` the backbone and head (``True``, or a backend name such as
+            ``"eager"``); the first iterations are slow (compilation).
         distributed: an ``eecs598.distributed.DistributedContext`` (from ``torchrun``): data-parallel
             training, ``train_loader.batch_size`` images per process; rank 0 writes checkpoints and logs.
         run_config: plain values stored in the checkpoint (e.g. the command line's model settings).
@@ -707,7 +708,7 @@ def train_detector(
         hooks: extra hook objects (``before_train`` / ``after_step`` / ``after_train``).
         **options: any other :class:`TrainSettings` field: ``optimizer``, ``momentum``, ``warmup_iters``,
             ``warmup_factor``, ``grad_clip_norm``, ``ema_decay``, ``loss_weights``, ``shuffle``,
-            ``precision``, ``fused_optimizer``.
+            ``precision``, ``fused_optimizer``, ``milestones``.
 
     Returns:
         ``{loss_name: [float per iteration], ..., "total": [...]}`` (unweighted losses, weighted total).
@@ -772,8 +773,7 @@ def train_detector(
 def _check_call(options, log_period, checkpoint_period, data_seed, resume, checkpoint_path, image_cache,
                 resumable_order) -> None:
     """Validate ``train_detector``'s arguments that are not :class:`TrainSettings` fields."""
-    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"batch_size", "num_samples", "world_size",
-                                                                     "milestones"}
+    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"batch_size", "num_samples", "world_size"}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise TypeError(f"train_detector: unexpected keyword arguments {unknown}; training options are "
@@ -790,7 +790,7 @@ def _check_call(options, log_period, checkpoint_period, data_seed, resume, check
 
 
 def _prepare_model(detector: nn.Module, device: torch.device, context, sync_every_step: bool,
-                   compile_model: bool) -> nn.Module:
+                   compile_model) -> nn.Module:
     """Move to ``device``, train mode; synced BatchNorm + DDP when distributed; optional compilation.
 
     Returns the module to call for the losses (``detector`` itself or its DDP wrapper).
@@ -806,7 +806,8 @@ def _prepare_model(detector: nn.Module, device: torch.device, context, sync_ever
     if compile_model:
         for part in (getattr(detector, "backbone", None), getattr(detector, "pred_net", None)):
             if part is not None:
-                part.forward = torch.compile(part.forward)
+                backend = compile_model if isinstance(compile_model, str) else "inductor"
+                part.forward = torch.compile(part.forward, backend=backend)
     if not context.enabled:
         return detector
     dist_utils.convert_sync_batchnorm(detector, device.type)
