@@ -401,6 +401,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         self.last_values: Optional[Dict[str, float]] = None
+        self.last_grad_norm: Optional[torch.Tensor] = None  # set when gradients are clipped
         self.weights = settings.loss_weights or {}
 
     # -- one step --------------------------------------------------------------------------------
@@ -444,6 +445,7 @@ class Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip_norm, foreach=True)
+            self.last_grad_norm = norm.detach()
             if self.guard.sync and self.scaler is None and not math.isfinite(float(norm)):
                 self.guard.restore_buffers()
                 self.optimizer.zero_grad(set_to_none=True)
