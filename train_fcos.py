@@ -74,15 +74,16 @@ def _preset(key: str) -> str:
     return "(" + ", ".join(f"{name}: {preset[key]}" for name, preset in PRESETS.items()) + ")"
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (options grouped as in ``--help``)."""
     parser = argparse.ArgumentParser(
         description="Train FCOS (RegNetX-400MF + P3-P5 FPN) and evaluate mAP@0.5 on the offline Shapes dataset "
                     "(CPU demo) or PASCAL VOC 2007 (GPU). Defaults in parentheses are per dataset.",
         epilog="Examples:\n"
                "  python train_fcos.py --dataset shapes --run-dir runs/shapes-demo\n"
                "  python train_fcos.py --dataset voc --data-dir data --download --run-dir runs/voc --device cuda\n"
-               "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only",
+               "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only\n"
+               "  torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda --run-dir runs/voc4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--dataset", choices=sorted(PRESETS), default="shapes", help="which dataset and preset (default: shapes)")
@@ -94,6 +95,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--threads", type=int, default=None,
         help="CPU threads for torch (default: one per core, or 1 if other processes keep the CPU busy: "
              "several threads on an oversubscribed CPU wait for each other and run many times slower)")
+    _add_training_options(parser)
+    _add_evaluation_options(parser)
+    return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--fpn-channels", type=int, default=None, help=f"FPN width {_preset('fpn_channels')}")
     g.add_argument("--stem-channels", type=int, nargs="+", default=None,
@@ -145,6 +152,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--eval-images", type=int, default=100, help="val images for --eval-period (default: 100)")
     g.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard logs to RUN_DIR/tensorboard (pip install -e '.[tensorboard]')")
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("shapes data")
     g.add_argument("--num-train", type=int, default=None, help="generated training images (default: 3000)")
     g.add_argument("--num-val", type=int, default=None, help="generated validation images (default: 300)")
@@ -155,6 +165,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help=f"class-specific NMS IoU threshold (default: {NMS_THRESH})")
     g.add_argument("--max-val-images", type=int, default=None, help="evaluate on the first N val images only")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     args.explicit = {k for k, v in vars(args).items() if v is not None}  # to tell presets from choices
