@@ -22,14 +22,31 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+FOUR = []  # the fixed 4-image subset, one object per module (its id keys the run cache)
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("shapes"))
     generate_shapes_dataset(root, num_train=12, num_val=1, image_size=64, seed=0, quiet=True)
-    return ShapesDetection(root, "train", image_size=64, generate=False, quiet=True)
+    dataset = ShapesDetection(root, "train", image_size=64, generate=False, quiet=True)
+    FOUR[:] = [torch.utils.data.Subset(dataset, range(4))]
+    return dataset
+
+
+_RUNS = {}
 
 
 def run_fcos(dataset, iters=12, **options):
+    """Train the tiny FCOS; runs with the same arguments are computed once per module (they are
+    deterministic), so that several tests can compare against one reference run."""
+    key = (id(dataset), iters, tuple(sorted(options.items())))
+    if key not in _RUNS:
+        _RUNS[key] = _train_fcos(dataset, iters, **options)
+    return _RUNS[key]
+
+
+def _train_fcos(dataset, iters, **options):
     eecs598.reset_seed(0)
     model = make_fcos(num_classes=5, fpn_channels=16, stem_channels=(16,))
     options = {"optimizer": "adamw", "learning_rate": 1e-3, **options}
@@ -66,9 +83,8 @@ def test_sync_free_steps_need_a_kernel_that_can_skip_a_step(shapes):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_close_to_float32(shapes, precision):
     # One fixed batch of 4 images, so that the loss falls steadily and the runs can be compared.
-    four = torch.utils.data.Subset(shapes, range(4))
-    reference, _ = run_fcos(four, iters=15)
-    mixed, _ = run_fcos(four, iters=15, precision=precision)
+    reference, _ = run_fcos(FOUR[0], iters=10)
+    mixed, _ = run_fcos(FOUR[0], iters=10, precision=precision)
     assert np.isfinite(mixed["total"]).all()
     # Iteration 0: the same weights, the forward pass in 16-bit: agreement to about 1%.
     assert mixed["total"][0] == pytest.approx(reference["total"][0], rel=2e-2)
