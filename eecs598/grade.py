@@ -266,7 +266,7 @@ def _points_text(value: float) -> str:
     return f"{value:g}"
 
 
-def format_table(result: SubmissionResult, width: int = 72) -> str:
+def format_table(result: SubmissionResult, width: int = 50) -> str:
     """The per-function table: points, passed checks (skipped ones, e.g. CUDA without a GPU, not
     counted) and the first failure's message."""
     name_width = max(len("function"), *(len(r.function) for r in result.functions))
@@ -282,10 +282,14 @@ def format_table(result: SubmissionResult, width: int = 72) -> str:
             message = message[: width - 3] + "..."
         points = f"{_points_text(r.points)} / {_points_text(r.max_points)}"
         lines.append(f"{r.function:<{name_width}}  {r.file:<{file_width}}  {points:>9}  "
-                     f"{f'{r.passed}/{r.total}':>6}  {message}")
+                     f"{f'{r.passed}/{r.total}':>6}  {message}".rstrip())
     lines.append("-" * len(header))
     total = f"{_points_text(result.points)} / {_points_text(result.max_points)}"
     lines.append(f"{'total':<{name_width}}  {'':<{file_width}}  {total:>9}")
+    failed = [r for r in result.functions if r.message]
+    if failed:
+        lines.append("First failures in full:")
+        lines += [f"  {r.function}: {r.message}" for r in failed]
     return "\n".join(lines)
 
 

@@ -139,12 +139,24 @@ class Region:
 # ------------------------------------------------------------------------------------------------
 
 
+_MAGIC_LINE = re.compile(r"^(?P<indent>[ \t]*)[%!]")
+
+
+def _parse(text: str) -> Optional[ast.Module]:
+    """``ast.parse(text)``, with IPython ``%magic`` and ``!shell`` lines of notebook cells read as
+    ``pass`` (same line numbers); ``None`` if it still is not Python."""
+    lines = [_MAGIC_LINE.sub(lambda m: m.group("indent") + "pass  # ", line) for line in text.split("\n")]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
 def _function_spans(text: str) -> Optional[List[Tuple[int, int, str]]]:
     """``(first_line, last_line, qualname)`` (1-based, inclusive) of every function in ``text``, or
-    ``None`` if it is not plain Python (a notebook cell with ``%magic`` lines)."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
+    ``None`` if it is not Python."""
+    tree = _parse(text)
+    if tree is None:
         return None
     spans = []
 
@@ -308,11 +320,8 @@ def release_source(text: str, where: str = "<text>") -> str:
         position = region.end + 1
     out += lines[position:]
     released = "\n".join(out)
-    if _function_spans(text) is not None:  # plain Python: the release must be too
-        try:
-            ast.parse(released)
-        except SyntaxError as error:
-            raise ReleaseError(f"{where}: the release is not valid Python ({error}); check the markers") from error
+    if _parse(text) is not None and _parse(released) is None:  # Python in, Python out
+        raise ReleaseError(f"{where}: the release is not valid Python; check the markers' indentation")
     return released
 
 
