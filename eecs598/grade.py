@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+import types
 import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -126,6 +129,26 @@ def _context(isolation: str):
     return context
 
 
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _plain_main_module():
+    """Hide the caller's ``__main__`` while a grading process starts.
+
+    multiprocessing's spawn and forkserver children re-import the parent's ``__main__`` (to unpickle
+    functions defined there). The grading target lives in ``eecs598.kit.runner``, so that import is never
+    needed, and it breaks or misbehaves when ``__main__`` is a script without a ``__name__`` guard, code
+    piped to ``python -`` (``<stdin>``) or a notebook. An empty stand-in avoids all of that.
+    """
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
 def _score(entry: dict, checks: List[dict], partial_credit: bool) -> float:
     graded = [check for check in checks if check["status"] != "skipped"]
     if not graded:
@@ -142,7 +165,8 @@ def _grade_one(context, job: dict, entry: dict, time_limit: float, partial_credi
 
     start = time.perf_counter()
     process = context.Process(target=run_function, args=(job,), daemon=True)
-    process.start()
+    with _START_LOCK, _plain_main_module():
+        process.start()
     process.join(time_limit)
     status, message = "graded", ""
     if process.is_alive():

@@ -570,6 +570,9 @@ def head_initialisation(env: Env) -> None:
     """Hidden: conv weights ~ Normal(0, 0.01), biases 0, pred_cls bias -log((1 - 0.01) / 0.01)."""
     head = _student_head(env, 20, 64, [64, 64])
     prior_bias = -math.log((1 - 0.01) / 0.01)
+    for name in ("pred_cls", "pred_box", "pred_ctr"):
+        if not isinstance(getattr(head, name, None), nn.Conv2d):
+            raise AssertionError(f"{name} must be an nn.Conv2d, got {type(getattr(head, name, None)).__name__}")
     for name, module in head.named_modules():
         if not isinstance(module, nn.Conv2d):
             continue
