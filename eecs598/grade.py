@@ -74,7 +74,7 @@ class SubmissionResult:
     submission: str
     functions: List[FunctionResult]
     import_errors: Dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # summed wall time of its grading processes
 
     @property
     def points(self) -> float:
@@ -258,7 +258,6 @@ def grade_submissions(
                     "result_path": os.path.join(scratch, tag + ".json"), "log_path": os.path.join(scratch, tag + ".log"),
                     "threads": threads, "points_path": os.path.abspath(points_path),
                 }))
-        started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [pool.submit(_grade_one, context, job, entry, entry["time_limit_s"] * time_scale,
                                    bool(points.get("partial_credit", False)))
@@ -268,9 +267,8 @@ def grade_submissions(
         for (index, _, _), (function_result, import_errors) in zip(jobs, outcomes):
             results[index].functions.append(function_result)
             results[index].import_errors.update(import_errors)
-        elapsed = time.perf_counter() - started
-        for result in results:
-            result.seconds = round(elapsed / max(1, len(results)), 2)
+        for result in results:  # process time spent on it (the processes of several submissions overlap)
+            result.seconds = round(sum(function.seconds for function in result.functions), 2)
         if keep_logs:
             os.makedirs(keep_logs, exist_ok=True)
             for name in os.listdir(scratch):
