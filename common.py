@@ -140,10 +140,12 @@ class DetectorBackboneWithFPN(nn.Module):
         backbone_channels = {"c3": 64, "c4": 160, "c5": 400}
 
         self.fpn_params = nn.ModuleDict()
+        ### BEGIN SOLUTION
         for level, c_name in (("p3", "c3"), ("p4", "c4"), ("p5", "c5")):
             self.fpn_params[f"lateral_{c_name}"] = nn.Conv2d(backbone_channels[c_name], out_channels, 1)
         for level in ("p3", "p4", "p5"):
             self.fpn_params[f"output_{level}"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        ### END SOLUTION
 
     @property
     def fpn_strides(self) -> Dict[str, int]:
@@ -159,6 +161,7 @@ class DetectorBackboneWithFPN(nn.Module):
             Dict with keys ``"p3"``, ``"p4"``, ``"p5"`` (in this order) of shapes
             ``(B, out_channels, ceil(H/8), ceil(W/8))`` etc. (exactly ``H/8`` when divisible).
         """
+        ### BEGIN SOLUTION
         backbone_feats = self.backbone(images)
         lateral = {c: self.fpn_params[f"lateral_{c}"](backbone_feats[c]) for c in ("c3", "c4", "c5")}
 
@@ -173,6 +176,7 @@ class DetectorBackboneWithFPN(nn.Module):
             "p4": self.fpn_params["output_p4"](merged_c4),
             "p5": self.fpn_params["output_p5"](merged_c5),
         }
+        ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +205,7 @@ def get_fpn_location_coords(
         (row ``x_index * H + y_index``). For a 224x224 input the first p3 rows are
         ``[4, 4], [4, 12], [4, 20], ...``.
     """
+    ### BEGIN SOLUTION
     location_coords = {}
     for level_name, feat_shape in shape_per_fpn_level.items():
         stride = strides_per_fpn_level[level_name]
@@ -211,11 +216,13 @@ def get_fpn_location_coords(
         grid_x, grid_y = torch.meshgrid(xs, ys, indexing="ij")  # [W, H] each
         location_coords[level_name] = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
     return location_coords
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------------------------
 # Non-maximum suppression
 # ---------------------------------------------------------------------------------------------
+### BEGIN SOLUTION
 #
 # Greedy NMS is sequential: whether a box survives depends on which better boxes survived. It is
 # vectorised by blocks. Boxes are visited in score order, a block at a time (every box in a block
@@ -345,6 +352,7 @@ def _greedy_nms_in_order(columns: torch.Tensor, class_ids: Optional[torch.Tensor
         if class_ids is not None:
             class_ids = class_ids[survivor_index]
     return torch.cat(kept_positions)
+### END SOLUTION
 
 
 def _check_nms_inputs(function_name: str, boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float):
@@ -418,6 +426,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -
         ``(K,)`` ``torch.long`` indices into ``boxes`` of the kept boxes, by decreasing score, on
         ``boxes.device``.
     """
+    ### BEGIN SOLUTION
     _check_nms_inputs("nms", boxes, scores, iou_threshold)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
@@ -426,6 +435,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -
         columns = _nms_columns(boxes[order])
         threshold = _float_threshold(float(iou_threshold), columns.dtype, columns.device)
         return order[_greedy_nms_in_order(columns, None, threshold)]
+    ### END SOLUTION
 
 
 def class_spec_nms(
@@ -464,6 +474,7 @@ def class_spec_nms(
         )
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
+    ### BEGIN SOLUTION
     with torch.no_grad(), _OneCpuThread(boxes.device):
         order = torch.sort(scores, descending=True, stable=True).indices  # rank -> box index
         # Visit class by class; within a class by score (a stable sort keeps the score order).
@@ -473,3 +484,12 @@ def class_spec_nms(
         kept = _greedy_nms_in_order(columns, sorted_class_ids, threshold)
         # Back to score order: sorting the kept score ranks gives decreasing score, ties by index.
         return order[by_class[kept].sort().values]
+    ### RELEASE
+    # kept = []
+    # for class_id in torch.unique(class_ids):
+    #     members = torch.nonzero(class_ids == class_id).squeeze(1)
+    #     kept.append(members[nms(boxes[members], scores[members], iou_threshold)])
+    # # Decreasing score over all classes, ties by index: stable-sort the index-sorted list by score.
+    # kept = torch.cat(kept).sort().values
+    # return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+    ### END SOLUTION

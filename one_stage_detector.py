@@ -45,12 +45,14 @@ def hello_one_stage_detector():
 # ---------------------------------------------------------------------------------------------
 
 
+### BEGIN SOLUTION
 def _flatten_x_major(feature_map: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> ``(B, W * H, C)`` with row ``x * H + y``: the order of
     ``common.get_fpn_location_coords``. (A plain ``(B, H, W, C)`` flatten would pair each
     prediction with the transposed location.)"""
     batch_size, channels = feature_map.shape[:2]
     return feature_map.permute(0, 3, 2, 1).reshape(batch_size, -1, channels)
+### END SOLUTION
 
 
 def _is_background(rows: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,7 @@ class FCOSPredictionNetwork(nn.Module):
             raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
                              f"{stem_channels} (bad: {bad})")
 
+        ### BEGIN SOLUTION
         def make_stem() -> nn.Sequential:
             layers = []
             channels = in_channels
@@ -109,6 +112,7 @@ class FCOSPredictionNetwork(nn.Module):
         # makes the first focal-loss steps huge and unstable (RetinaNet's prior initialisation).
         prior = 0.01
         nn.init.constant_(self.pred_cls.bias, -math.log((1 - prior) / prior))
+        ### END SOLUTION
 
     def forward(self, feats_per_fpn_level: TensorDict) -> List[TensorDict]:
         """
@@ -120,6 +124,7 @@ class FCOSPredictionNetwork(nn.Module):
             tensors of shape ``(B, H*W, C)``, ``(B, H*W, 4)``, ``(B, H*W, 1)``, rows in x-major
             order (matching ``get_fpn_location_coords``). Raw outputs, no sigmoid.
         """
+        ### BEGIN SOLUTION
         class_logits, boxreg_deltas, centerness_logits = {}, {}, {}
         for level_name, feature in feats_per_fpn_level.items():
             cls_feature = self.stem_cls(feature)
@@ -128,6 +133,7 @@ class FCOSPredictionNetwork(nn.Module):
             boxreg_deltas[level_name] = _flatten_x_major(self.pred_box(box_feature))
             centerness_logits[level_name] = _flatten_x_major(self.pred_ctr(box_feature))
         return [class_logits, boxreg_deltas, centerness_logits]
+        ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,12 +254,14 @@ def fcos_get_deltas_from_locations(
         ``(N, 4)`` deltas ``(xc - x1, yc - y1, x2 - xc, y2 - yc) / stride``; exactly ``-1`` for
         background rows.
     """
+    ### BEGIN SOLUTION
     xc, yc = locations[..., 0], locations[..., 1]
     deltas = torch.stack(
         [xc - gt_boxes[..., 0], yc - gt_boxes[..., 1], gt_boxes[..., 2] - xc, gt_boxes[..., 3] - yc],
         dim=-1,
     ) / stride
     return torch.where(_is_background(gt_boxes)[..., None], torch.full_like(deltas, -1), deltas)
+    ### END SOLUTION
 
 
 def fcos_apply_deltas_to_locations(
@@ -272,12 +280,14 @@ def fcos_apply_deltas_to_locations(
     Returns:
         ``(N, 4)`` XYXY boxes ``(xc - l, yc - t, xc + r, yc + b) * stride``-scaled.
     """
+    ### BEGIN SOLUTION
     distances = deltas.clamp(min=0) * stride
     xc, yc = locations[..., 0], locations[..., 1]
     return torch.stack(
         [xc - distances[..., 0], yc - distances[..., 1], xc + distances[..., 2], yc + distances[..., 3]],
         dim=-1,
     )
+    ### END SOLUTION
 
 
 def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
@@ -293,12 +303,14 @@ def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N,)`` centerness in ``[0, 1]``; ``-1`` for background rows.
     """
+    ### BEGIN SOLUTION
     left, top, right, bottom = deltas.unbind(dim=-1)
     numerator = torch.minimum(left, right) * torch.minimum(top, bottom)
     # A location on a box edge has max(...) = 0 only if the box is degenerate; avoid 0/0 = NaN.
     denominator = (torch.maximum(left, right) * torch.maximum(top, bottom)).clamp(min=torch.finfo(deltas.dtype).tiny)
     centerness = torch.sqrt((numerator / denominator).clamp(min=0))
     return torch.where(_is_background(deltas), torch.full_like(centerness, -1), centerness)
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +499,7 @@ class FCOS(nn.Module):
                 gt_boxes = gt_boxes.to(images.dtype)  # integer pixel boxes are fine; -1 stays -1
             self._check_gt_boxes(images, gt_boxes)
 
+        ### BEGIN SOLUTION
         # NHWC input makes every conv output NHWC too (see __init__): one copy of the input.
         feats_per_fpn_level = self.backbone(images.contiguous(memory_format=torch.channels_last))
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
@@ -497,6 +510,7 @@ class FCOS(nn.Module):
             dtype=images.dtype,
             device=images.device,
         )
+        ### END SOLUTION
 
         if not self.training:
             return self.inference(
@@ -504,6 +518,7 @@ class FCOS(nn.Module):
                 test_score_thresh=test_score_thresh, test_nms_thresh=test_nms_thresh,
             )
 
+        ### BEGIN SOLUTION
         # Targets: matched GT rows, deltas and centerness per location, concatenated over levels
         # in the same order as the predictions.
         matched_per_level = match_locations_to_gt_batched(locations_per_fpn_level, strides_per_fpn_level, gt_boxes)
@@ -552,6 +567,7 @@ class FCOS(nn.Module):
             "loss_box": loss_box.sum() / normalizer,
             "loss_ctr": loss_ctr.sum() / normalizer,
         }
+        ### END SOLUTION
 
     @torch.no_grad()
     def inference(
@@ -580,6 +596,7 @@ class FCOS(nn.Module):
         for name, value in (("test_score_thresh", score_thresh), ("test_nms_thresh", nms_thresh)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"FCOS.inference: {name} must be in [0, 1], got {value}")
+        ### BEGIN SOLUTION
         height, width = images.shape[-2:]
         strides = self.backbone.fpn_strides
 
@@ -607,3 +624,4 @@ class FCOS(nn.Module):
             return per_image[0]
         boxes_list, classes_list, scores_list = (list(items) for items in zip(*per_image))
         return boxes_list, classes_list, scores_list
+        ### END SOLUTION

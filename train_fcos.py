@@ -5,10 +5,13 @@ Examples::
     python train_fcos.py --dataset shapes --run-dir runs/shapes-demo            # `make demo`, CPU
     python train_fcos.py --dataset voc --data-dir data --download --run-dir runs/voc --device cuda
     python train_fcos.py --dataset voc --run-dir runs/voc --eval-only             # re-evaluate checkpoint.pt
+    torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda ...    # 4 GPUs, data-parallel
 
-Everything lands in the run directory: ``checkpoint.pt``, ``loss_curve.png``, ``detections.png``,
-``ap_per_class.png``, ``metrics.json`` (mAP, per-class AP, iterations, wall times, settings), and the
-Cartucho/mAP files in ``mAP/input/{ground-truth,detection-results}`` with ``mAP/output/output.txt``.
+Everything lands in the run directory: ``checkpoint.pt``, ``results.csv`` (a row per log period),
+``loss_curve.png``, ``detections.png``, ``ap_per_class.png``, ``metrics.json`` (mAP, per-class AP,
+iterations, wall times, settings; ``--eval-only`` writes ``metrics_eval.json``), the Cartucho/mAP files in
+``mAP/input/{ground-truth,detection-results}`` with ``mAP/output/output.txt``, and with ``--eval-period``
+``last.pt`` / ``best.pt``.
 """
 import argparse
 import json
@@ -32,6 +35,14 @@ import a4_helper
 import eecs598
 from a4_helper import (IMAGENET_MEAN, IMAGENET_STD, ShapesDetection, VOC2007DetectionTiny, inference_with_detector,
                        plot_loss_history, train_detector)
+from eecs598 import distributed as dist_utils
+from eecs598.hooks import CsvLogHook, PeriodicEvalHook, TensorBoardHook
+from eecs598.runtime import busy_cores as _busy_cores  # noqa: F401  (kept importable from here)
+from eecs598.runtime import choose_cpu_threads
+
+# Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
+RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
+                   "num_train", "num_val")
 
 # Per-dataset defaults; every value can be overridden on the command line.
 PRESETS: Dict[str, Dict] = {
@@ -63,8 +74,8 @@ def _preset(key: str) -> str:
     return "(" + ", ".join(f"{name}: {preset[key]}" for name, preset in PRESETS.items()) + ")"
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (options grouped as in ``--help``)."""
     parser = _ArgumentParser(
         prog="train_fcos.py",
         description="Train FCOS (RegNetX-400MF + P3-P5 FPN) and evaluate mAP@0.5 on the offline Shapes dataset "
@@ -72,7 +83,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog="Examples:\n"
                "  python train_fcos.py --dataset shapes --run-dir runs/shapes-demo\n"
                "  python train_fcos.py --dataset voc --data-dir data --download --run-dir runs/voc --device cuda\n"
-               "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only",
+               "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only\n"
+               "  torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda --run-dir runs/voc4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--dataset", choices=sorted(PRESETS), default="shapes", help="which dataset and preset (default: shapes)")
@@ -84,6 +96,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add("--threads", type=int, default=None,
         help="CPU threads for torch (default: one per core, or 1 if other processes keep the CPU busy: "
              "several threads on an oversubscribed CPU wait for each other and run many times slower)")
+    _add_training_options(parser)
+    _add_evaluation_options(parser)
+    return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--fpn-channels", type=int, default=None, help=f"FPN width {_preset('fpn_channels')}")
     g.add_argument("--stem-channels", type=int, nargs="+", default=None,
@@ -113,7 +131,31 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--checkpoint-period", type=int, default=200,
                    help="iterations between checkpoints (default: 200)")
     g.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt (exactly)")
-    g.add_argument("--eval-only", action="store_true", help="skip training; evaluate RUN_DIR/checkpoint.pt")
+    g.add_argument("--extend", action="store_true",
+                   help="with --resume: allow a larger --max-iters than the checkpoint's; LR milestones already "
+                        "passed stay, the others move to 60%%/90%% of the new --max-iters")
+    g.add_argument("--eval-only", action="store_true",
+                   help="skip training; rebuild the model and data from RUN_DIR/checkpoint.pt's saved settings, "
+                        "evaluate, write metrics_eval.json")
+    g = parser.add_argument_group("speed (GPU)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32 (default), or mixed precision: bf16 autocast, fp16 autocast + gradient scaler")
+    g.add_argument("--fused-optimizer", action="store_true", help="fused optimiser kernels (one launch per step)")
+    g.add_argument("--no-step-sync", action="store_true",
+                   help="no host sync per step: losses fetched every --log-period iterations (implies "
+                        "--fused-optimizer unless --precision fp16); a bad step is still never applied")
+    g.add_argument("--image-cache", action="store_true",
+                   help="decode the training set once and keep it on the device (VOC at 224 px: 377 MB)")
+    g.add_argument("--compile", dest="compile_model", action="store_true", help="torch.compile backbone and head")
+    g = parser.add_argument_group("monitoring")
+    g.add_argument("--eval-period", type=int, default=None,
+                   help="evaluate mAP every K iterations on --eval-images val images, keeping last.pt and best.pt")
+    g.add_argument("--eval-images", type=int, default=100, help="val images for --eval-period (default: 100)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard logs to RUN_DIR/tensorboard (pip install -e '.[tensorboard]')")
+
+
+def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("shapes data")
     g.add_argument("--num-train", type=int, default=None, help="generated training images (default: 3000)")
     g.add_argument("--num-val", type=int, default=None, help="generated validation images (default: 300)")
@@ -124,6 +166,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help=f"class-specific NMS IoU threshold (default: {NMS_THRESH})")
     g.add_argument("--max-val-images", type=int, default=None, help="evaluate on the first N val images only")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     args.explicit = {k for k, v in vars(args).items() if v is not None}  # to tell presets from choices
@@ -135,7 +182,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                               ("--image-size", "image_size", 32), ("--num-workers", "num_workers", 0),
                               ("--log-period", "log_period", 1), ("--checkpoint-period", "checkpoint_period", 1),
                               ("--num-train", "num_train", 1), ("--num-val", "num_val", 1),
-                              ("--max-val-images", "max_val_images", 1), ("--warmup-iters", "warmup_iters", 0)):
+                              ("--max-val-images", "max_val_images", 1), ("--warmup-iters", "warmup_iters", 0),
+                              ("--eval-period", "eval_period", 1), ("--eval-images", "eval_images", 1)):
         value = getattr(args, name, None)
         if value is not None and value < low:
             parser.error(f"{option} must be >= {low}, got {value}")
@@ -153,9 +201,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.grad_clip_norm = None
     if args.ema_decay == 0:
         args.ema_decay = None
+    if args.cls_loss_weight is not None and not (math.isfinite(args.cls_loss_weight) and args.cls_loss_weight >= 0):
+        parser.error(f"--cls-loss-weight must be a finite number >= 0, got {args.cls_loss_weight}")
+    if args.no_step_sync and args.precision != "fp16":
+        args.fused_optimizer = True
+    if args.extend and not args.resume:
+        parser.error("--extend continues a run: use it with --resume")
     if args.run_dir is None:
         args.run_dir = os.path.join("runs", args.dataset)
-    return args
+    return args  # the device, the data and the run directory are checked by check_args()
 
 
 # ==================================================================================================
@@ -167,10 +221,10 @@ class UsageError(Exception):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is two short lines instead of the whole usage text."""
+    """argparse, but a usage error is one line instead of the whole usage text."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\nRun {self.prog} --help to see every option.\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _usable_cores() -> int:
@@ -211,15 +265,12 @@ def _check_device(args: argparse.Namespace) -> str:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse what cannot work before generating data or building a model (raises ``UsageError``);
     adjusts ``args`` where the choice is safe (device, DataLoader workers)."""
-    if not (math.isfinite(args.cls_loss_weight) and args.cls_loss_weight >= 0):
-        raise UsageError(f"--cls-loss-weight must be a finite number >= 0, got {args.cls_loss_weight} (a negative "
-                         f"weight trains towards a worse model)")
     args.device = _check_device(args)
     checkpoint_path = os.path.join(args.run_dir, "checkpoint.pt")
     if args.eval_only and not os.path.isfile(checkpoint_path):
         raise UsageError(f"--eval-only: there is no checkpoint to evaluate at {checkpoint_path}. Train first (run "
                          f"without --eval-only), or point --run-dir at a finished run.")
-    if args.dataset == "voc" and not args.download:
+    if args.dataset == "voc" and not args.download and not args.eval_only:  # --eval-only: the checkpoint's data
         needed = ["voc07_train.json", "voc07_val.json", os.path.join("VOCdevkit", "VOC2007", "JPEGImages")]
         missing = [name for name in needed if not os.path.exists(os.path.join(args.data_dir, name))]
         if missing:
@@ -265,40 +316,6 @@ def cli(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return fail("interrupted. Run the same command with --resume to continue from the last checkpoint.", 130)
     return 0
-
-
-def _busy_cores(seconds: float = 0.5) -> Optional[float]:
-    """Cores kept busy by other processes right now (from /proc/stat over ``seconds``), or the load average."""
-    def snapshot():
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-    try:
-        total0, idle0 = snapshot()
-        time.sleep(seconds)
-        total1, idle1 = snapshot()
-        return (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return None
-
-
-def choose_cpu_threads() -> int:
-    """torch's default thread count (one per core), or 1 when other processes already keep cores busy.
-
-    Each convolution is split over all threads and waits for the slowest; when other jobs occupy a core,
-    that wait dominates (measured here: 2 threads on a 2-core machine shared with one other busy job ran
-    over 10x slower than on a quiet machine; 1 thread only about 2x). Results differ only in rounding.
-    """
-    threads = torch.get_num_threads()
-    busy = _busy_cores()
-    if threads > 1 and busy is not None and busy >= 0.5:
-        print(f"Other processes keep {busy:.1f} of {os.cpu_count()} cores busy: training with 1 thread "
-              f"instead of {threads} (override with --threads).")
-        return 1
-    return threads
 
 
 def build_datasets(args):
@@ -376,90 +393,144 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Datasets, training, evaluation and figures for parsed command-line ``args``."""
-    from eecs598.mean_ap import evaluate_map, plot_ap_bars
-
+    context = dist_utils.init_from_environment("cuda" if str(args.device).startswith("cuda") else "cpu")
+    if context.enabled and args.device.startswith("cuda"):
+        args.device = f"cuda:{context.local_rank}"
     if args.threads is None and args.device == "cpu":
         args.threads = choose_cpu_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     os.makedirs(args.run_dir, exist_ok=True)
     checkpoint_path = os.path.join(args.run_dir, "checkpoint.pt")
+    checkpoint = load_for_evaluation(args, checkpoint_path) if args.eval_only else None
     start, cpu_start = time.time(), time.process_time()
     train_set, val_set = build_datasets(args)
     data_seconds = time.time() - start
-    if args.max_val_images is not None:
-        val_set_eval = Subset(val_set, range(min(args.max_val_images, len(val_set))))
-    else:
-        val_set_eval = val_set
 
     eecs598.reset_seed(args.seed)
     model = build_model(args, num_classes=len(train_set.class_to_idx))
-    history, train_seconds = None, 0.0
-    if args.eval_only:
-        checkpoint = a4_helper.load_checkpoint(checkpoint_path)
+    if checkpoint is not None:
         # The weight average, if training kept one, is what training handed on for evaluation.
         model.load_state_dict(checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"])
-        iterations = checkpoint["state"]["iteration"]
-        history = checkpoint["history"]
+        history, iterations, train_seconds = checkpoint["history"], checkpoint["state"]["iteration"], 0.0
     else:
-        train_loader = DataLoader(train_set, batch_size=args.batch_size, num_workers=args.num_workers,
-                                  pin_memory=args.device.startswith("cuda"))
-        print(f"Training FCOS on {args.dataset} ({len(train_set)} images, {args.image_size}px) for "
-              f"{args.max_iters} iterations on {args.device}: {args.optimizer} lr {args.learning_rate}, "
-              f"batch {args.batch_size}, warm-up {args.warmup_iters}, clip {args.grad_clip_norm}, "
-              f"loss_cls weight {args.cls_loss_weight}, "
-              f"fpn {args.fpn_channels}, stem {args.stem_channels}, pretrained {args.pretrained_loaded}.")
         t0 = time.time()
-        history = train_detector(
-            model, train_loader, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-            max_iters=args.max_iters, log_period=args.log_period, device=args.device, optimizer=args.optimizer,
-            warmup_iters=args.warmup_iters, grad_clip_norm=args.grad_clip_norm, ema_decay=args.ema_decay,
-            loss_weights=None if args.cls_loss_weight == 1.0 else {"loss_cls": args.cls_loss_weight},
-            checkpoint_path=checkpoint_path,
-            checkpoint_period=args.checkpoint_period, resume=args.resume, plot=False, progress=not args.no_progress)
-        train_seconds = time.time() - t0
-        iterations = args.max_iters
+        history = train(args, model, train_set, val_set, checkpoint_path, context)
+        train_seconds, iterations = time.time() - t0, args.max_iters
+    if not context.is_main:
+        return {}
     plot_loss_history(history, path=os.path.join(args.run_dir, "loss_curve.png"))
     plt.close("all")
-
-    # Evaluation: Cartucho files -> mAP.
     t0 = time.time()
-    map_input = os.path.join(args.run_dir, "mAP", "input")
-    val_loader = DataLoader(val_set_eval, batch_size=1, num_workers=args.num_workers)
-    inference_with_detector(model, val_loader, val_set.idx_to_class, args.score_thresh, args.nms_thresh,
-                            output_dir=map_input, device=args.device, progress=not args.no_progress)
-    result = evaluate_map(map_input, output_dir=os.path.join(args.run_dir, "mAP", "output"), plot=False)
+    result, num_val = evaluate(args, model, val_set)
     eval_seconds = time.time() - t0
-    plot_ap_bars(result.ap, result.map, path=os.path.join(args.run_dir, "ap_per_class.png"))
     draw_detections(model, val_set, os.path.join(args.run_dir, "detections.png"), args.device)
-
     metrics = {
-        "dataset": args.dataset,
-        "mAP": result.map,
-        "ap_per_class": result.ap,
-        "iterations": iterations,
+        "dataset": args.dataset, "mAP": result.map, "ap_per_class": result.ap, "iterations": iterations,
         "final_loss_avg50": {k: sum(v[-50:]) / max(1, len(v[-50:])) for k, v in history.items()},
         "seconds": {"data": round(data_seconds, 1), "train": round(train_seconds, 1),
                     "eval": round(eval_seconds, 1), "total": round(time.time() - start, 1)},
         # CPU time of this process: compare with wall time x threads to see whether the machine was busy.
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "num_train_images": len(train_set),
-        "num_val_images": len(val_set_eval),
+        "num_train_images": len(train_set), "num_val_images": num_val,
         "settings": {k: getattr(args, k) for k in (
             "image_size", "batch_size", "max_iters", "learning_rate", "weight_decay", "optimizer", "warmup_iters",
-            "grad_clip_norm", "ema_decay", "cls_loss_weight", "fpn_channels", "stem_channels", "pretrained", "pretrained_loaded", "device",
-            "num_workers", "seed", "score_thresh", "nms_thresh", "data_dir")},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "grad_clip_norm", "ema_decay", "cls_loss_weight", "fpn_channels", "stem_channels", "pretrained",
+            "pretrained_loaded", "device", "num_workers", "seed", "score_thresh", "nms_thresh", "data_dir",
+            "precision", "fused_optimizer", "no_step_sync", "image_cache", "compile_model")},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": context.world_size,
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
-    with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
+    metrics_name = "metrics_eval.json" if args.eval_only else "metrics.json"
+    with open(os.path.join(args.run_dir, metrics_name), "w") as f:
         json.dump(metrics, f, indent=2)
-
-    print(f"\nmAP@0.5 = {result.map:.2%} on {len(val_set_eval)} {args.dataset} val images "
+    print(f"\nmAP@0.5 = {result.map:.2%} on {num_val} {args.dataset} val images "
           f"(train {train_seconds:.0f}s, eval {eval_seconds:.0f}s).")
-    print(f"Outputs in {args.run_dir}/: checkpoint.pt, loss_curve.png, detections.png, ap_per_class.png, "
-          f"metrics.json, mAP/input (Cartucho files), mAP/output/output.txt")
+    print(f"Outputs in {args.run_dir}/: checkpoint.pt, results.csv, loss_curve.png, detections.png, "
+          f"ap_per_class.png, {metrics_name}, mAP/input (Cartucho files), mAP/output/output.txt")
     return metrics
+
+
+def load_for_evaluation(args: argparse.Namespace, checkpoint_path: str) -> dict:
+    """``--eval-only``: load the checkpoint BEFORE any data work, and take the model/data settings it saved."""
+    if not os.path.isfile(checkpoint_path):
+        raise FileNotFoundError(f"--eval-only: no checkpoint at {checkpoint_path}; train first (without "
+                                f"--eval-only) or point --run-dir at a finished run")
+    checkpoint = a4_helper.load_checkpoint(checkpoint_path)
+    saved = checkpoint.get("run_config") or {}
+    changed = {k: (getattr(args, k), v) for k, v in saved.items() if k in RUN_CONFIG_KEYS and getattr(args, k) != v
+               and k in args.explicit}
+    if changed:
+        print(f"--eval-only: using the checkpoint's settings {{name: (given, saved)}}: {changed}")
+    for key, value in saved.items():
+        if key in RUN_CONFIG_KEYS:
+            setattr(args, key, value)
+    return checkpoint
+
+
+def train(args, model, train_set, val_set, checkpoint_path: str, context) -> Dict[str, List[float]]:
+    """Train ``model`` with the settings in ``args`` (hooks: results.csv, TensorBoard, periodic evaluation)."""
+    batch_size = dist_utils.shard_batch_size(args.batch_size, context.world_size)
+    num_workers = min(args.num_workers, os.cpu_count() or 1)
+    train_loader = DataLoader(train_set, batch_size=batch_size, num_workers=num_workers,
+                              pin_memory=args.device.startswith("cuda"))
+    if context.is_main:
+        print(f"Training FCOS on {args.dataset} ({len(train_set)} images, {args.image_size}px) for "
+              f"{args.max_iters} iterations on {args.device}"
+              + (f" x {context.world_size} processes" if context.enabled else "")
+              + f": {args.optimizer} lr {args.learning_rate}, batch {args.batch_size}, warm-up {args.warmup_iters}, "
+              f"clip {args.grad_clip_norm}, loss_cls weight {args.cls_loss_weight}, fpn {args.fpn_channels}, "
+              f"stem {args.stem_channels}, pretrained {args.pretrained_loaded}, precision {args.precision}.")
+    hooks = [CsvLogHook(os.path.join(args.run_dir, "results.csv"), args.log_period, is_writer=context.is_main)]
+    tensorboard = None
+    if args.tensorboard:
+        tensorboard = TensorBoardHook(os.path.join(args.run_dir, "tensorboard"), args.log_period,
+                                      train_set.idx_to_class, next(iter(DataLoader(train_set, batch_size=4))),
+                                      is_writer=context.is_main)
+        hooks.append(tensorboard)
+    if args.eval_period is not None:
+        hooks.append(PeriodicEvalHook(
+            args.eval_period, lambda: quick_map(args, model, val_set),
+            os.path.join(args.run_dir, "last.pt"), os.path.join(args.run_dir, "best.pt"),
+            on_score=None if tensorboard is None else (lambda it, score: tensorboard.add_scalar("val/mAP", score, it)),
+            is_writer=context.is_main))
+    return train_detector(
+        model, train_loader, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        max_iters=args.max_iters, log_period=args.log_period, device=args.device, optimizer=args.optimizer,
+        warmup_iters=args.warmup_iters, grad_clip_norm=args.grad_clip_norm, ema_decay=args.ema_decay,
+        loss_weights=None if args.cls_loss_weight == 1.0 else {"loss_cls": args.cls_loss_weight},
+        precision=args.precision, fused_optimizer=args.fused_optimizer, sync_every_step=not args.no_step_sync,
+        image_cache=args.image_cache, compile_model=args.compile_model, distributed=context,
+        run_config={k: getattr(args, k) for k in RUN_CONFIG_KEYS}, checkpoint_path=checkpoint_path,
+        checkpoint_period=args.checkpoint_period, resume=args.resume, extend=args.extend, plot=False,
+        progress=not args.no_progress, hooks=hooks)
+
+
+def quick_map(args, model, val_set) -> float:
+    """mAP@0.5 on the first ``--eval-images`` val images (periodic evaluation during training)."""
+    from eecs598.mean_ap import evaluate_map
+
+    subset = Subset(val_set, range(min(args.eval_images, len(val_set))))
+    folder = os.path.join(args.run_dir, "periodic_eval")
+    inference_with_detector(model, DataLoader(subset, batch_size=1), val_set.idx_to_class, args.score_thresh,
+                            args.nms_thresh, output_dir=folder, device=args.device, progress=False)
+    return evaluate_map(folder, output_dir=None, plot=False, quiet=True).map
+
+
+def evaluate(args, model, val_set):
+    """Cartucho files for the val set (or its first ``--max-val-images``), then mAP and the AP chart."""
+    from eecs598.mean_ap import evaluate_map, plot_ap_bars
+
+    if args.max_val_images is not None:
+        val_set = Subset(val_set, range(min(args.max_val_images, len(val_set))))
+    map_input = os.path.join(args.run_dir, "mAP", "input")
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=min(args.num_workers, os.cpu_count() or 1))
+    idx_to_class = val_set.dataset.idx_to_class if isinstance(val_set, Subset) else val_set.idx_to_class
+    inference_with_detector(model, val_loader, idx_to_class, args.score_thresh, args.nms_thresh,
+                            output_dir=map_input, device=args.device, progress=not args.no_progress)
+    result = evaluate_map(map_input, output_dir=os.path.join(args.run_dir, "mAP", "output"), plot=False)
+    plot_ap_bars(result.ap, result.map, path=os.path.join(args.run_dir, "ap_per_class.png"))
+    return result, len(val_set)
 
 
 if __name__ == "__main__":

@@ -453,20 +453,23 @@ class Trainer:
             course's behaviour; the non-finite check then happens before each optimiser step).
         hooks: objects with optional ``before_train(trainer)``, ``after_step(trainer)``,
             ``after_train(trainer)``.
+        reduce_values: maps the ``(L+1,)`` loss vector to its mean over processes (distributed runs).
     """
 
     def __init__(self, detector, model, optimizer, settings: TrainSettings, batches: Iterator, advance: Callable,
                  device: torch.device, state: TrainState, log: LossLog, ema: Optional[WeightEMA] = None,
-                 sync_period: int = 1, hooks: Sequence[Any] = ()):
+                 sync_period: int = 1, hooks: Sequence[Any] = (),
+                 reduce_values: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.detector, self.model, self.optimizer, self.settings = detector, model, optimizer, settings
         self.batches, self.advance, self.device = batches, advance, device
         self.state, self.log, self.ema, self.hooks = state, log, ema, list(hooks)
-        self.sync_period = sync_period
+        self.sync_period, self.reduce_values = sync_period, reduce_values
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.guard = NonFiniteGuard(detector, sync=sync_period == 1, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         self.last_values: Optional[Dict[str, float]] = None
+        self.last_grad_norm: Optional[torch.Tensor] = None  # set when gradients are clipped
         self.weights = settings.loss_weights or {}
         self.phase = "data"  # where in a step we are (see describe_state)
 
@@ -530,6 +533,8 @@ class Trainer:
         names = [*losses, "total"]
         # float64 on the host side: the history holds exactly the values the losses had.
         values = torch.stack([loss.detach().double() for loss in [*losses.values(), total]])
+        if self.reduce_values is not None:
+            values = self.reduce_values(values)  # every process then logs and judges the same numbers
         row = None
         if self.guard.sync:
             row = values.cpu().tolist()
@@ -543,6 +548,7 @@ class Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip_norm, foreach=True)
+            self.last_grad_norm = norm.detach()
             if self.guard.sync and self.scaler is None and not math.isfinite(float(norm)):
                 raise_non_finite(iteration, dict(zip(names, row)), grad_norm=float(norm))
             if self.scaler is None:
@@ -734,7 +740,8 @@ def _restore(path: str, settings: TrainSettings, extend: bool, detector, optimiz
     return settings, TrainState(**saved["state"]), LossLog(saved["history"])
 
 
-def _checkpoint_saver(trainer_ref: List[Trainer], detector, optimizer, ema) -> Callable[[], Dict[str, Any]]:
+def _checkpoint_saver(trainer_ref: List[Trainer], detector, optimizer, ema,
+                      run_config: Optional[Dict[str, Any]]) -> Callable[[], Dict[str, Any]]:
     def state() -> Dict[str, Any]:
         trainer = trainer_ref[0]
         return {
@@ -742,7 +749,7 @@ def _checkpoint_saver(trainer_ref: List[Trainer], detector, optimizer, ema) -> C
             "state": dataclasses.asdict(trainer.state), "model": detector.state_dict(),
             "detector_state": detector.training_state() if hasattr(detector, "training_state") else None,
             "optimizer": optimizer.state_dict(), "ema": None if ema is None else ema.state,
-            "history": trainer.log.history, "rng": ckpt.rng_state(),
+            "history": trainer.log.history, "rng": ckpt.rng_state(), "run_config": run_config,
         }
     return state
 
@@ -763,6 +770,10 @@ def train_detector(
     resume: bool = False,
     extend: bool = False,
     sync_every_step: bool = True,
+    image_cache: bool = False,
+    compile_model=False,
+    distributed=None,
+    run_config: Optional[Dict[str, Any]] = None,
     plot: bool = True,
     plot_path: Optional[str] = None,
     progress: bool = True,
@@ -773,19 +784,20 @@ def train_detector(
 
     The course's recipe by default: SGD (momentum 0.9) over the trainable parameters, LR x0.1 at 60% and
     90% of ``max_iters``, the loader cycled forever, ``[Iter i][loss: ...]`` lines every ``log_period``
-    iterations, the loss history plotted at the end.
+    iterations (followed by the LR, seconds per iteration and ETA), the loss history plotted at the end.
 
     Data order (``resumable_order=True``, the default): the engine does NOT iterate ``train_loader``
-    itself. It builds its own DataLoader over ``train_loader.dataset`` keeping the loader's
-    ``batch_size``, ``num_workers``, ``collate_fn``, ``drop_last`` and ``pin_memory`` but REPLACING its
-    sampler / ``shuffle`` with a seeded, resumable order (``eecs598.sampling``; ``shuffle`` option: a new
-    permutation per epoch). That is what makes runs bit-identical after ``eecs598.reset_seed`` and a
-    resumed run equal to an uninterrupted one. ``resumable_order=False`` iterates ``train_loader`` as
-    given (your sampler is used; a resume then skips the consumed batches of the current pass). A loader
-    without ``.dataset`` is always iterated as given.
+    itself. It loads ``train_loader.dataset`` with the loader's ``batch_size``, ``num_workers``,
+    ``collate_fn``, ``drop_last`` and ``pin_memory`` but REPLACES its sampler / ``shuffle`` with a seeded,
+    resumable order (``eecs598.sampling``; the ``shuffle`` option: a new permutation per epoch). That makes
+    runs bit-identical after ``eecs598.reset_seed`` and a resumed run equal to an uninterrupted one.
+    ``resumable_order=False`` iterates ``train_loader`` as given (your sampler is used; a resume then skips
+    the consumed batches of the current pass). A loader without ``.dataset`` is always iterated as given.
 
     Args:
         detector: module; ``detector(images (B,3,H,W), gt_boxes (B,M,5))`` returns ``{loss_name: scalar}``.
+            If it has ``training_state()`` / ``load_training_state()`` (FCOS: the loss normaliser), that
+            state is checkpointed too; ``loss_names`` lets ``loss_weights`` be checked before any step.
         train_loader: yields ``(image_paths, images (B,3,H,W), gt_boxes (B,M,5))``.
         learning_rate, weight_decay, max_iters, log_period, device: as in the course.
         data_seed: seed of the data order; None draws it from torch's RNG (so ``reset_seed`` fixes it).
@@ -799,12 +811,19 @@ def train_detector(
             stops before backward. False: losses stay on the device and are fetched every ``log_period``
             iterations (and at checkpoints); a bad step is still never applied (see :class:`NonFiniteGuard`;
             needs ``fused_optimizer=True`` unless ``precision="fp16"``).
+        image_cache: keep the whole (decoded) training set on ``device`` (``eecs598.device_cache``); needs
+            ``resumable_order``. Randomness inside the dataset is frozen by the cache.
+        compile_model: ``torch.compile`` the backbone and head (``True``, or a backend name such as
+            ``"eager"``); the first iterations are slow (compilation).
+        distributed: an ``eecs598.distributed.DistributedContext`` (from ``torchrun``): data-parallel
+            training, ``train_loader.batch_size`` images per process; rank 0 writes checkpoints and logs.
+        run_config: plain values stored in the checkpoint (e.g. the command line's model settings).
         plot, plot_path: draw the loss history at the end (and save it there).
         progress: show a tqdm progress bar.
         hooks: extra hook objects (``before_train`` / ``after_step`` / ``after_train``).
         **options: any other :class:`TrainSettings` field: ``optimizer``, ``momentum``, ``warmup_iters``,
             ``warmup_factor``, ``grad_clip_norm``, ``ema_decay``, ``loss_weights``, ``shuffle``,
-            ``precision``, ``fused_optimizer``.
+            ``precision``, ``fused_optimizer``, ``milestones``.
 
     Returns:
         ``{loss_name: [float per iteration], ..., "total": [...]}`` (unweighted losses, weighted total).
@@ -821,33 +840,25 @@ def train_detector(
     detector holds exactly the weights and buffers of the last completed step, never half a step; the
     exception carries a note saying which step that is.
     """
-    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(TrainSettings)}
-                     | set(options) & {"batch_size", "num_samples", "world_size", "milestones"})
-    if unknown:
-        raise TypeError(f"train_detector: unexpected keyword arguments {unknown}")
-    for name, value in (("log_period", log_period), ("checkpoint_period", checkpoint_period)):
-        if not _is_int(value) or value < 1:
-            _fail(f"{name} must be an int >= 1, got {value!r}")
-    if data_seed is not None and (not _is_int(data_seed) or not 0 <= data_seed < 2**32):
-        _fail(f"data_seed must be None or an int in [0, 2**32), got {data_seed!r}")
-    if resume and checkpoint_path is None:
-        _fail("resume=True needs a checkpoint_path")
+    from .distributed import DistributedContext
+
+    context = distributed if distributed is not None else DistributedContext()
+    _check_call(options, log_period, checkpoint_period, data_seed, resume, checkpoint_path, image_cache,
+                resumable_order)
     dataset, batch_size = _check_loader(train_loader, resumable_order)
     settings = TrainSettings(learning_rate=learning_rate, weight_decay=weight_decay, max_iters=max_iters,
-                             batch_size=batch_size, num_samples=None if dataset is None else len(dataset), **options)
-    if getattr(detector, "loss_names", None) is not None:
-        check_loss_weight_names(settings.loss_weights, list(detector.loss_names))  # before any step
+                             batch_size=batch_size, num_samples=None if dataset is None else len(dataset),
+                             world_size=context.world_size, **options)
     if not sync_every_step and not settings.fused_optimizer and settings.precision != "fp16":
         _fail("sync_every_step=False needs fused_optimizer=True (the fused kernels skip a bad step on the "
               "device) or precision='fp16' (the gradient scaler does)")
     device = torch.device(device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormal floats in late training slow CPU kernels several-fold
-    if checkpoint_path is not None:
+    if loss_names := getattr(detector, "loss_names", None):
+        check_loss_weight_names(settings.loss_weights, loss_names)  # before any step
+    if checkpoint_path is not None and context.is_main:
         ckpt.check_writable(checkpoint_path)
         ckpt.remove_orphan_partials(checkpoint_path)
-    detector.to(device)
-    detector.train()
+    model = _prepare_model(detector, device, context, sync_every_step, compile_model)
 
     optimizer = build_optimizer([p for p in detector.parameters() if p.requires_grad], settings)
     ema = WeightEMA(detector, settings.ema_decay) if settings.ema_decay is not None else None
@@ -859,14 +870,15 @@ def train_detector(
             print(f"No checkpoint at {checkpoint_path} yet; training from scratch.")
         state.data_seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if data_seed is None else int(data_seed)
 
-    batches, advance = _make_batches(train_loader, dataset, settings, state, device)
+    batches, advance = _make_batches(train_loader, dataset, settings, state, device, image_cache, context, progress)
     trainer_ref: List[Trainer] = []
-    all_hooks = [ConsoleLogHook(log_period, progress), *hooks]
+    all_hooks = [ConsoleLogHook(log_period, progress, is_writer=context.is_main), *hooks]
     if checkpoint_path is not None:
-        all_hooks.append(CheckpointHook(checkpoint_path, checkpoint_period,
-                                        _checkpoint_saver(trainer_ref, detector, optimizer, ema)))
-    trainer = Trainer(detector, detector, optimizer, settings, batches, advance, device, state, log, ema,
-                      sync_period=1 if sync_every_step else log_period, hooks=all_hooks)
+        saver = _checkpoint_saver(trainer_ref, detector, optimizer, ema, run_config)
+        all_hooks.append(CheckpointHook(checkpoint_path, checkpoint_period, saver, is_writer=context.is_main))
+    trainer = Trainer(detector, model, optimizer, settings, batches, advance, device, state, log, ema,
+                      sync_period=1 if sync_every_step else log_period, hooks=all_hooks,
+                      reduce_values=_mean_over_processes if context.enabled else None)
     trainer_ref.append(trainer)
     try:
         history = trainer.train()
@@ -874,21 +886,84 @@ def train_detector(
         del batches  # shuts the loader's workers down
     if ema is not None:
         detector.load_state_dict(ema.state)
-    _plot(history, plot, plot_path)
+    if context.is_main:
+        _plot(history, plot, plot_path)
     return history
 
 
-def _make_batches(train_loader, dataset, settings: TrainSettings, state: TrainState, device: torch.device):
+def _check_call(options, log_period, checkpoint_period, data_seed, resume, checkpoint_path, image_cache,
+                resumable_order) -> None:
+    """Validate ``train_detector``'s arguments that are not :class:`TrainSettings` fields."""
+    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"batch_size", "num_samples", "world_size"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(f"train_detector: unexpected keyword arguments {unknown}; training options are "
+                        f"{', '.join(sorted(fields))}")
+    for name, value in (("log_period", log_period), ("checkpoint_period", checkpoint_period)):
+        if not _is_int(value) or value < 1:
+            _fail(f"{name} must be an int >= 1, got {value!r}")
+    if data_seed is not None and (not _is_int(data_seed) or not 0 <= data_seed < 2**32):
+        _fail(f"data_seed must be None or an int in [0, 2**32), got {data_seed!r}")
+    if resume and checkpoint_path is None:
+        _fail("resume=True needs a checkpoint_path")
+    if image_cache and not resumable_order:
+        _fail("image_cache=True needs resumable_order=True (the cache serves batches in the engine's order)")
+
+
+def _prepare_model(detector: nn.Module, device: torch.device, context, sync_every_step: bool,
+                   compile_model) -> nn.Module:
+    """Move to ``device``, train mode; synced BatchNorm + DDP when distributed; optional compilation.
+
+    Returns the module to call for the losses (``detector`` itself or its DDP wrapper).
+    """
+    from . import distributed as dist_utils
+
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats in late training slow CPU kernels several-fold
+    detector.to(device)
+    detector.train()
+    if not sync_every_step and hasattr(detector, "keep_normalizer_on_device"):
+        detector.keep_normalizer_on_device(device)
+    if compile_model:
+        for part in (getattr(detector, "backbone", None), getattr(detector, "pred_net", None)):
+            if part is not None:
+                backend = compile_model if isinstance(compile_model, str) else "inductor"
+                part.forward = torch.compile(part.forward, backend=backend)
+    if not context.enabled:
+        return detector
+    dist_utils.convert_sync_batchnorm(detector, device.type)
+    detector.to(device)
+    if hasattr(detector, "distributed_reduce"):
+        detector.distributed_reduce = dist_utils.all_reduce_sum
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(detector, device_ids=device_ids)
+
+
+def _mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    from .distributed import all_reduce_mean
+
+    return all_reduce_mean(values)
+
+
+def _make_batches(train_loader, dataset, settings: TrainSettings, state: TrainState, device: torch.device,
+                  image_cache: bool, context, progress: bool):
     """The endless batch iterator and the callback that records one consumed batch in ``state``."""
     if dataset is None:
         return _cycle(train_loader, state.offset), lambda: setattr(state, "offset", state.offset + 1)
     sampler = ResumableBatchSampler(len(dataset), settings.batch_size, bool(getattr(train_loader, "drop_last", False)),
-                                    settings.shuffle, state.data_seed, state.epoch, state.offset)
-    pin_memory = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
+                                    settings.shuffle, state.data_seed, state.epoch, state.offset,
+                                    rank=context.rank, world_size=context.world_size)
 
     def advance():
         sampler.advance()
         state.epoch, state.offset = sampler.epoch, sampler.offset
+    if image_cache:
+        from .device_cache import DeviceImageCache
+
+        cache = DeviceImageCache(dataset, device, num_workers=getattr(train_loader, "num_workers", 0),
+                                 progress=progress and context.is_main)
+        return cache.stream(sampler), advance
+    pin_memory = bool(getattr(train_loader, "pin_memory", False)) and device.type == "cuda"
     return make_batch_stream(train_loader, sampler, pin_memory), advance
 
 

@@ -1,0 +1,567 @@
+"""Build the student release of the assignment from this solution (course staff only; not shipped).
+
+The student's work is marked in the solution's source with nbgrader's markers, each on a line of its
+own. They are plain Python comments, so the solution runs, imports and tests exactly as without them::
+
+    def fcos_make_centerness_targets(deltas):
+        \"\"\"...docstring, shipped to students...\"\"\"
+        ### BEGIN SOLUTION
+        left, top, right, bottom = deltas.unbind(dim=-1)
+        ...
+        return torch.where(...)
+        ### END SOLUTION
+
+Rules (``python -m eecs598.release`` refuses a file that breaks one, naming the file and line):
+
+- ``### BEGIN SOLUTION`` and ``### END SOLUTION`` are whole lines, at the same indentation, not nested;
+  every line between them is indented at least as much (or blank).
+- In the release a region becomes the course banner ("Replace "pass" statement with your code" ...
+  "END OF YOUR CODE") around a stub:
+
+  - inside a function or method: ``raise NotImplementedError("<Class.method> is not implemented yet
+    ...")``, so a call names the missing function (an unimplemented ``forward`` stops the notebook
+    with that message);
+  - inside ``__init__``, or outside any function (a block of solution-only helper functions):
+    ``pass``, the course's own stub; an ``__init__`` must still construct, its class's methods raise.
+
+  A function with several regions (``FCOS.forward``: predictions, then losses) gets "part k of n".
+- A region may end with a ``### RELEASE`` line followed by commented-out code (``# `` in front of each
+  line, at the region's indentation): then it is **given code that differs in the release**, not
+  student work. The release gets the uncommented code instead of the solution lines and no banner.
+  ``common.class_spec_nms`` uses this: the solution's version runs on NMS internals that are the
+  student's work, the release's calls the student's ``nms`` once per class.
+- Markers work the same in the code cells of notebooks. Markdown cells cannot hold regions.
+
+What the release holds (``build_release``): the solution modules with their regions replaced,
+``a4_helper.py``, the ``eecs598`` package without the staff tools (this file, ``grade.py`` and the
+``kit`` package with the hidden checks, points and planted bugs), the notebook with its regions
+replaced and every output and execution count cleared, a student ``README.md``, ``requirements.txt``
+and student tests (``tests/``) that skip until the function they test is implemented.
+
+Round trip: ``reinsert_solutions(release_text, solution_text)`` puts the solution regions back into a
+release file and gives the solution file back exactly (``tests/test_kit.py`` checks this): the release
+changes nothing outside the marked regions.
+
+Usage::
+
+    python -m eecs598.release --out ../fcos-release        # DIR must be new or empty (or --force)
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "BEGIN_MARKER",
+    "END_MARKER",
+    "RELEASE_MARKER",
+    "ReleaseError",
+    "Region",
+    "find_regions",
+    "release_source",
+    "release_notebook",
+    "reinsert_solutions",
+    "reinsert_notebook",
+    "student_functions",
+    "build_release",
+    "main",
+]
+
+BEGIN_MARKER = "### BEGIN SOLUTION"
+END_MARKER = "### END SOLUTION"
+RELEASE_MARKER = "### RELEASE"
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KIT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kit")
+
+# Files of the solution that students get. Python files and notebooks go through the region replacement
+# (a file without regions is copied unchanged); every other eecs598/*.py module ships too, except these:
+RELEASED_ROOT_FILES = ("common.py", "one_stage_detector.py", "a4_helper.py", "one_stage_detector.ipynb", ".gitignore")
+STAFF_ONLY_MODULES = ("release.py", "grade.py")
+STUDENT_TESTS_DIR = os.path.join(KIT_DIR, "student_tests")
+STUDENT_README_TEMPLATE = os.path.join(KIT_DIR, "student_README.md")
+
+# The course's banner around every stub.
+_RULE = "#" * 70
+_END_OF_YOUR_CODE = "#" + "END OF YOUR CODE".center(68) + "#"
+_MARKER_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN SOLUTION|END SOLUTION|RELEASE))[ \t]*$")
+
+
+class ReleaseError(ValueError):
+    """A marker or release problem; the message names the file and line."""
+
+
+@dataclass
+class Region:
+    """One marked region of a source text (line numbers are 0-based indices into ``text.split("\\n")``).
+
+    Attributes:
+        begin, end: indices of the ``### BEGIN SOLUTION`` and ``### END SOLUTION`` lines.
+        indent: the markers' indentation.
+        release_lines: for a region with a ``### RELEASE`` part, the uncommented release code (lines
+            without newline); ``None`` for a student region.
+        qualname: innermost enclosing function, e.g. ``"FCOS.forward"``; ``None`` outside functions.
+        part, parts: this region's number among the student regions of ``qualname`` (1-based), and
+            their count.
+    """
+
+    begin: int
+    end: int
+    indent: str
+    release_lines: Optional[List[str]]
+    qualname: Optional[str]
+    part: int = 1
+    parts: int = 1
+
+    @property
+    def is_student_work(self) -> bool:
+        return self.release_lines is None
+
+    @property
+    def stub(self) -> str:
+        """``"raise"`` (functions), ``"pass"`` (``__init__`` and outside functions) or ``"given"``."""
+        if not self.is_student_work:
+            return "given"
+        if self.qualname is None or self.qualname.rsplit(".", 1)[-1] == "__init__":
+            return "pass"
+        return "raise"
+
+
+# ------------------------------------------------------------------------------------------------
+# Regions of one source text
+# ------------------------------------------------------------------------------------------------
+
+
+_MAGIC_LINE = re.compile(r"^(?P<indent>[ \t]*)[%!]")
+
+
+def _parse(text: str) -> Optional[ast.Module]:
+    """``ast.parse(text)``, with IPython ``%magic`` and ``!shell`` lines of notebook cells read as
+    ``pass`` (same line numbers); ``None`` if it still is not Python."""
+    lines = [_MAGIC_LINE.sub(lambda m: m.group("indent") + "pass  # ", line) for line in text.split("\n")]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def _function_spans(text: str) -> Optional[List[Tuple[int, int, str]]]:
+    """``(first_line, last_line, qualname)`` (1-based, inclusive) of every function in ``text``, or
+    ``None`` if it is not Python."""
+    tree = _parse(text)
+    if tree is None:
+        return None
+    spans = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                qualname = prefix + child.name
+                spans.append((child.lineno, child.end_lineno, qualname))
+                visit(child, qualname + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return spans
+
+
+def _uncomment(line: str, indent: str, where: str) -> str:
+    """``indent + "# code"`` -> ``indent + "code"``; ``indent + "#"`` -> ``""`` (a blank line)."""
+    if line.strip() == "#" and line.startswith(indent):
+        return ""
+    if not line.startswith(indent + "# "):
+        raise ReleaseError(
+            f"{where}: every line after {RELEASE_MARKER} must be release code commented out as "
+            f"'{indent}# <code>' (at the region's indentation), got {line!r}"
+        )
+    return indent + line[len(indent) + 2:]
+
+
+def find_regions(text: str, where: str = "<text>") -> List[Region]:
+    """Parse the solution regions of a Python source (or notebook cell) text.
+
+    Args:
+        text: the source.
+        where: file name (and cell) for error messages.
+
+    Returns:
+        The regions in file order.
+
+    Raises:
+        ReleaseError: a malformed, unmatched, nested or mis-indented marker, or a line that mentions a
+            marker without being exactly one (e.g. ``# ### BEGIN SOLUTION``).
+    """
+    lines = text.split("\n")
+    spans = _function_spans(text)
+    regions: List[Region] = []
+    open_begin: Optional[int] = None
+    open_indent = ""
+    release_at: Optional[int] = None
+    for index, line in enumerate(lines):
+        match = _MARKER_LINE.match(line)
+        if match is None:
+            if any(word in line for word in ("BEGIN SOLUTION", "END SOLUTION")):
+                raise ReleaseError(
+                    f"{where}:{index + 1}: malformed marker {line.strip()!r}; markers are whole lines "
+                    f"'{BEGIN_MARKER}' / '{END_MARKER}' (optionally '{RELEASE_MARKER}')"
+                )
+            if open_begin is not None and line.strip() and not line.startswith(open_indent):
+                raise ReleaseError(
+                    f"{where}:{index + 1}: line is indented less than the {BEGIN_MARKER} marker of line "
+                    f"{open_begin + 1}; put the markers at the indentation of the region's code"
+                )
+            continue
+        indent, marker = match.group("indent"), match.group("marker")
+        if marker == BEGIN_MARKER:
+            if open_begin is not None:
+                raise ReleaseError(
+                    f"{where}:{index + 1}: {BEGIN_MARKER} inside the region opened at line {open_begin + 1} "
+                    f"(regions cannot nest; close it with {END_MARKER})"
+                )
+            open_begin, open_indent, release_at = index, indent, None
+            continue
+        if open_begin is None:
+            raise ReleaseError(f"{where}:{index + 1}: {marker} without an open {BEGIN_MARKER}")
+        if indent != open_indent:
+            raise ReleaseError(
+                f"{where}:{index + 1}: {marker} is indented differently from the {BEGIN_MARKER} of line "
+                f"{open_begin + 1}"
+            )
+        if marker == RELEASE_MARKER:
+            if release_at is not None:
+                raise ReleaseError(f"{where}:{index + 1}: second {RELEASE_MARKER} in the region of line {open_begin + 1}")
+            release_at = index
+            continue
+        # END_MARKER
+        solution_end = release_at if release_at is not None else index
+        if not any(line.strip() for line in lines[open_begin + 1:solution_end]):
+            raise ReleaseError(f"{where}:{open_begin + 1}: empty solution region")
+        release_lines = None
+        if release_at is not None:
+            release_lines = [
+                _uncomment(line, open_indent, f"{where}:{release_at + 2 + offset}")
+                for offset, line in enumerate(lines[release_at + 1:index])
+            ]
+            if not any(line.strip() for line in release_lines):
+                raise ReleaseError(f"{where}:{release_at + 1}: {RELEASE_MARKER} part without code")
+        qualname = None
+        if spans is not None:
+            enclosing = [span for span in spans if span[0] < open_begin + 1 <= span[1]]
+            if enclosing:
+                qualname = max(enclosing, key=lambda span: span[0])[2]
+        regions.append(Region(open_begin, index, open_indent, release_lines, qualname))
+        open_begin, release_at = None, None
+    if open_begin is not None:
+        raise ReleaseError(f"{where}:{open_begin + 1}: {BEGIN_MARKER} without a matching {END_MARKER}")
+
+    # Number the student regions of each function (FCOS.forward has two).
+    by_function: Dict[str, List[Region]] = {}
+    for region in regions:
+        if region.is_student_work and region.qualname is not None:
+            by_function.setdefault(region.qualname, []).append(region)
+    for function_regions in by_function.values():
+        for number, region in enumerate(function_regions, start=1):
+            region.part, region.parts = number, len(function_regions)
+    return regions
+
+
+def _replacement_lines(region: Region, file_name: str) -> List[str]:
+    """The release's lines for ``region``: the banner and stub, or the given release code."""
+    if not region.is_student_work:
+        return list(region.release_lines)
+    indent = region.indent
+    if region.qualname is None:
+        todo = "TODO (optional): helper functions or code of your own go here."
+    else:
+        part = f"part {region.part} of {region.parts} of " if region.parts > 1 else ""
+        todo = f"TODO: Implement {part}{region.qualname}, as its docstring describes."
+    if region.stub == "raise":
+        part = f" (part {region.part} of {region.parts})" if region.parts > 1 else ""
+        replace = '# Replace the "raise NotImplementedError(...)" statement with your code'
+        statement = (f'raise NotImplementedError("{region.qualname}{part} is not implemented yet: write it in '
+                     f'{file_name}")')
+    else:
+        replace = '# Replace "pass" statement with your code'
+        statement = "pass"
+    body = [_RULE, "# " + todo, _RULE, replace, statement, _RULE, _END_OF_YOUR_CODE, _RULE]
+    return [indent + line for line in body]
+
+
+def release_source(text: str, where: str = "<text>") -> str:
+    """The release version of a solution source text: each region replaced (see the module docstring).
+
+    Args:
+        text: solution source (a ``.py`` file or a notebook cell).
+        where: its file name, used in messages and in the stubs' ``NotImplementedError`` text.
+
+    Raises:
+        ReleaseError: bad markers, or a ``.py`` release that is no longer valid Python.
+    """
+    lines = text.split("\n")
+    regions = find_regions(text, where)
+    if not regions:
+        return text
+    file_name = os.path.basename(where.split(" ")[0])
+    out: List[str] = []
+    position = 0
+    for region in regions:
+        out += lines[position:region.begin]
+        out += _replacement_lines(region, file_name)
+        position = region.end + 1
+    out += lines[position:]
+    released = "\n".join(out)
+    if _parse(text) is not None and _parse(released) is None:  # Python in, Python out
+        raise ReleaseError(f"{where}: the release is not valid Python; check the markers' indentation")
+    return released
+
+
+def reinsert_solutions(release_text: str, solution_text: str, where: str = "<text>") -> str:
+    """Put the solution's regions back into a release text.
+
+    Each region's release replacement (stub banner or given code) is searched in ``release_text`` in
+    order and replaced by the region itself, markers included; everything between them is taken from
+    the release. So the result equals ``solution_text`` exactly if and only if the release changed
+    nothing outside the regions.
+
+    Raises:
+        ReleaseError: a region's replacement is not found in the release.
+    """
+    release_lines = release_text.split("\n")
+    solution_lines = solution_text.split("\n")
+    file_name = os.path.basename(where.split(" ")[0])
+    out: List[str] = []
+    position = 0
+    for region in find_regions(solution_text, where):
+        replacement = _replacement_lines(region, file_name)
+        found = next(
+            (start for start in range(position, len(release_lines) - len(replacement) + 1)
+             if release_lines[start:start + len(replacement)] == replacement),
+            None,
+        )
+        if found is None:
+            raise ReleaseError(
+                f"{where}: the release has no stub for the region at solution line {region.begin + 1} "
+                f"({region.qualname or 'module level'}) after release line {position + 1}"
+            )
+        out += release_lines[position:found]
+        out += solution_lines[region.begin:region.end + 1]
+        position = found + len(replacement)
+    out += release_lines[position:]
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Notebooks
+# ------------------------------------------------------------------------------------------------
+
+
+def _cell_source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _source_list(text: str) -> List[str]:
+    """nbformat's on-disk form: a list of lines, each with its newline except the last."""
+    return text.splitlines(keepends=True)
+
+
+def _dump_notebook(notebook: dict) -> str:
+    # The same bytes as nbformat.write (indent 1, non-ASCII kept, final newline).
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def release_notebook(text: str, where: str = "notebook.ipynb") -> str:
+    """The release version of a notebook (JSON text): regions of code cells replaced, every output,
+    execution count and execution-timing metadata cleared.
+
+    Raises:
+        ReleaseError: bad markers, or a marker in a markdown cell (regions live in code cells only).
+    """
+    notebook = json.loads(text)
+    for index, cell in enumerate(notebook.get("cells", [])):
+        source = _cell_source(cell)
+        cell_where = f"{where} cell {index}"
+        if cell.get("cell_type") != "code":
+            if "BEGIN SOLUTION" in source or "END SOLUTION" in source:
+                raise ReleaseError(f"{cell_where}: solution markers are only allowed in code cells")
+            continue
+        released = release_source(source, cell_where)
+        if released != source:
+            cell["source"] = _source_list(released)
+        cell["outputs"] = []
+        cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
+    return _dump_notebook(notebook)
+
+
+def reinsert_notebook(release_text: str, solution_text: str, where: str = "notebook.ipynb") -> str:
+    """:func:`reinsert_solutions` for every code cell of a released notebook (JSON texts). Outputs stay as
+    in the release (cleared)."""
+    released, solution = json.loads(release_text), json.loads(solution_text)
+    if len(released.get("cells", [])) != len(solution.get("cells", [])):
+        raise ReleaseError(f"{where}: the release has {len(released['cells'])} cells, the solution "
+                           f"{len(solution['cells'])}")
+    for index, (cell, solution_cell) in enumerate(zip(released["cells"], solution["cells"])):
+        if cell.get("cell_type") != "code":
+            continue
+        source, solution_source = _cell_source(cell), _cell_source(solution_cell)
+        restored = reinsert_solutions(source, solution_source, f"{where} cell {index}")
+        if restored != source:
+            cell["source"] = _source_list(restored)
+    return _dump_notebook(released)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole release
+# ------------------------------------------------------------------------------------------------
+
+
+def released_files(solution_dir: str = REPO_ROOT) -> List[str]:
+    """Paths (relative to ``solution_dir``, ``/``-separated) of the solution files that ship."""
+    files = [name for name in RELEASED_ROOT_FILES if os.path.isfile(os.path.join(solution_dir, name))]
+    package = os.path.join(solution_dir, "eecs598")
+    files += [f"eecs598/{name}" for name in sorted(os.listdir(package))
+              if name.endswith(".py") and name not in STAFF_ONLY_MODULES]
+    return files
+
+
+def student_functions(solution_dir: str = REPO_ROOT) -> List[Tuple[str, str]]:
+    """``(file, qualname)`` of every function holding student work, in file order (once each)."""
+    found: List[Tuple[str, str]] = []
+    for relative in released_files(solution_dir):
+        if not relative.endswith(".py"):
+            continue
+        with open(os.path.join(solution_dir, relative), encoding="utf-8") as f:
+            regions = find_regions(f.read(), relative)
+        for region in regions:
+            if region.is_student_work and region.qualname and (relative, region.qualname) not in found:
+                found.append((relative, region.qualname))
+    return found
+
+
+def _requirements(solution_dir: str) -> List[str]:
+    """Runtime and ``dev`` requirements from pyproject.toml (tomllib; a plain scan on Python < 3.11)."""
+    path = os.path.join(solution_dir, "pyproject.toml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: the two arrays are plain lists of strings
+        requirements = []
+        for key in ("dependencies", "dev"):
+            block = re.search(rf"^{key}\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL)
+            if block:
+                requirements += re.findall(r'"([^"]+)"', re.sub(r"#.*", "", block.group(1)))
+        return requirements
+    project = tomllib.loads(text)["project"]
+    return list(project.get("dependencies", [])) + list(project.get("optional-dependencies", {}).get("dev", []))
+
+
+def _student_readme(solution_dir: str) -> str:
+    with open(STUDENT_README_TEMPLATE, encoding="utf-8") as f:
+        template = f.read()
+    rows = "\n".join(f"| `{file}` | `{qualname}` |" for file, qualname in student_functions(solution_dir))
+    return template.replace("{{FUNCTION_TABLE}}", rows)
+
+
+def _clear_output_dir(out_dir: str, solution_dir: str, force: bool) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ReleaseError(f"--out {out_dir} exists and is not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not force:
+            raise ReleaseError(f"--out {out_dir} is not empty; choose a new directory or pass --force to replace it")
+        out_real, solution_real = os.path.realpath(out_dir), os.path.realpath(solution_dir)
+        if solution_real == out_real or solution_real.startswith(out_real + os.sep):
+            raise ReleaseError(f"--out {out_dir} contains the solution itself; choose another directory")
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def build_release(out_dir: str, solution_dir: str = REPO_ROOT, force: bool = False) -> List[str]:
+    """Write the student release of ``solution_dir`` into ``out_dir``.
+
+    Args:
+        out_dir: new or empty directory (``force=True`` deletes an existing one first).
+        solution_dir: the solution repository (default: the one this module belongs to).
+        force: replace a non-empty ``out_dir``.
+
+    Returns:
+        The written paths, relative to ``out_dir``.
+
+    Raises:
+        ReleaseError: bad markers, a release that is not valid Python, or a release file that still
+            holds a marker or a reference to the staff tools.
+    """
+    _clear_output_dir(out_dir, solution_dir, force)
+    written = []
+
+    def write(relative: str, text: str) -> None:
+        path = os.path.join(out_dir, *relative.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        written.append(relative)
+
+    for relative in released_files(solution_dir):
+        with open(os.path.join(solution_dir, *relative.split("/")), encoding="utf-8", newline="") as f:
+            text = f.read()
+        if relative.endswith(".py"):
+            text = release_source(text, relative)
+        elif relative.endswith(".ipynb"):
+            text = release_notebook(text, relative)
+        write(relative, text)
+    for name in sorted(os.listdir(STUDENT_TESTS_DIR)):
+        if name.endswith(".py"):
+            with open(os.path.join(STUDENT_TESTS_DIR, name), encoding="utf-8") as f:
+                write(f"tests/{name}", f.read())
+    write("README.md", _student_readme(solution_dir))
+    write("requirements.txt", "\n".join(_requirements(solution_dir)) + "\n")
+
+    # Nothing staff-only may leak: no marker, no hidden-check package, no staff tool.
+    leaks = re.compile(r"### (BEGIN|END) SOLUTION|### RELEASE\b|eecs598\.kit|eecs598\.grade|eecs598\.release")
+    for relative in written:
+        with open(os.path.join(out_dir, *relative.split("/")), encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if leaks.search(line):
+                    raise ReleaseError(f"release file {relative}:{number} still holds staff material: {line.strip()!r}")
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eecs598.release",
+        description="Write the student release of this solution: every '### BEGIN SOLUTION' ... "
+                    "'### END SOLUTION' region replaced by the course banner and a stub, notebook outputs "
+                    "cleared, hidden checks left out, plus a student README, requirements.txt and student "
+                    "tests that skip until the function they test is implemented.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory; must be new or empty unless --force is given")
+    parser.add_argument("--solution", default=REPO_ROOT, metavar="DIR",
+                        help="solution repository to release (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="delete a non-empty --out directory first")
+    args = parser.parse_args(argv)
+    try:
+        written = build_release(args.out, solution_dir=args.solution, force=args.force)
+    except (ReleaseError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    functions = student_functions(args.solution)
+    print(f"Wrote the student release to {args.out}: {len(written)} files, {len(functions)} functions to implement:")
+    for file, qualname in functions:
+        print(f"  {file}: {qualname}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
