@@ -85,6 +85,9 @@ class TrainSettings:
         shuffle: a new seeded permutation of the data every epoch.
         precision: ``"fp32"``; ``"bf16"`` (autocast) or ``"fp16"`` (autocast + gradient scaler).
         fused_optimizer: use the optimiser's fused kernels (one kernel for all parameters).
+        augment: random horizontal flip / scale jitter of every training batch on the device, e.g.
+            ``{"flip_prob": 0.5, "scale_range": (0.8, 1.25)}`` (``eecs598.augment.random_flip_scale_batch``;
+            seeded by data seed and iteration, so resumable). None: off (the course's).
         batch_size, num_samples, world_size: facts about the data (a resume must see the same).
     """
 
@@ -102,6 +105,7 @@ class TrainSettings:
     shuffle: bool = True
     precision: str = "fp32"
     fused_optimizer: bool = False
+    augment: Optional[Dict[str, Any]] = None
     batch_size: Optional[int] = None
     num_samples: Optional[int] = None
     world_size: int = 1
@@ -139,6 +143,7 @@ class TrainSettings:
         if self.ema_decay is not None:
             set_("ema_decay", float(self.ema_decay))
         set_("loss_weights", _check_loss_weights(self.loss_weights))
+        set_("augment", _check_augment(self.augment))
         if self.milestones is None:
             set_("milestones", lr_milestones(self.max_iters))
         else:
@@ -171,6 +176,25 @@ def _check_loss_weights(loss_weights: Optional[Dict[str, float]]) -> Optional[Di
                   f"would train towards a worse model)")
         checked[name] = float(weight)
     return checked
+
+
+def _check_augment(augment: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Validate the on-device augmentation settings (``flip_prob`` in [0, 1], ``scale_range`` lo <= hi)."""
+    if not augment:
+        return None
+    if not isinstance(augment, dict) or set(augment) - {"flip_prob", "scale_range"}:
+        _fail(f"augment must be None or a dict with keys 'flip_prob' and/or 'scale_range', got {augment!r}")
+    flip_prob = augment.get("flip_prob", 0.0)
+    if not (_is_real(flip_prob) and 0.0 <= flip_prob <= 1.0):
+        _fail(f"augment['flip_prob'] must be in [0, 1], got {flip_prob!r}")
+    scale_range = augment.get("scale_range")
+    if scale_range is not None:
+        if not (isinstance(scale_range, (list, tuple)) and len(scale_range) == 2
+                and all(_is_real(v) and math.isfinite(v) and v > 0 for v in scale_range)
+                and scale_range[0] <= scale_range[1]):
+            _fail(f"augment['scale_range'] must be (low, high) with 0 < low <= high, got {scale_range!r}")
+        scale_range = (float(scale_range[0]), float(scale_range[1]))
+    return {"flip_prob": float(flip_prob), "scale_range": scale_range}
 
 
 def check_loss_weight_names(loss_weights: Optional[Dict[str, float]], loss_names: Sequence[str]) -> None:
@@ -454,16 +478,17 @@ class Trainer:
         hooks: objects with optional ``before_train(trainer)``, ``after_step(trainer)``,
             ``after_train(trainer)``.
         reduce_values: maps the ``(L+1,)`` loss vector to its mean over processes (distributed runs).
+        rank: this process's rank (seeds its augmentation).
     """
 
     def __init__(self, detector, model, optimizer, settings: TrainSettings, batches: Iterator, advance: Callable,
                  device: torch.device, state: TrainState, log: LossLog, ema: Optional[WeightEMA] = None,
                  sync_period: int = 1, hooks: Sequence[Any] = (),
-                 reduce_values: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 reduce_values: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, rank: int = 0):
         self.detector, self.model, self.optimizer, self.settings = detector, model, optimizer, settings
         self.batches, self.advance, self.device = batches, advance, device
         self.state, self.log, self.ema, self.hooks = state, log, ema, list(hooks)
-        self.sync_period, self.reduce_values = sync_period, reduce_values
+        self.sync_period, self.reduce_values, self.rank = sync_period, reduce_values, rank
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.guard = NonFiniteGuard(detector, sync=sync_period == 1, device=device)
         self.scaler = torch.amp.GradScaler(device.type) if settings.precision == "fp16" else None
@@ -481,6 +506,14 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return self.model(images, gt_boxes)
 
+    def _augment(self, images: torch.Tensor, gt_boxes: torch.Tensor, iteration: int):
+        """On-device flip / scale jitter, seeded by (data seed, iteration, rank): a resumed run repeats it."""
+        from .augment import random_flip_scale_batch
+
+        seed = int(np.random.SeedSequence([self.state.data_seed, iteration, self.rank]).generate_state(1)[0])
+        generator = torch.Generator(device=images.device).manual_seed(seed)
+        return random_flip_scale_batch(images, gt_boxes, generator, **self.settings.augment)
+
     def run_step(self) -> None:
         """Forward, non-finite check, backward, clip, optimiser step, EMA: one iteration.
 
@@ -496,6 +529,8 @@ class Trainer:
         images, gt_boxes = _unpack_batch(batch, iteration)
         images = images.to(self.device, non_blocking=True)
         gt_boxes = gt_boxes.to(self.device, non_blocking=True)
+        if self.settings.augment is not None:
+            images, gt_boxes = self._augment(images, gt_boxes, iteration)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.settings.learning_rate * learning_rate_factor(iteration, self.settings)
 
@@ -823,7 +858,7 @@ def train_detector(
         hooks: extra hook objects (``before_train`` / ``after_step`` / ``after_train``).
         **options: any other :class:`TrainSettings` field: ``optimizer``, ``momentum``, ``warmup_iters``,
             ``warmup_factor``, ``grad_clip_norm``, ``ema_decay``, ``loss_weights``, ``shuffle``,
-            ``precision``, ``fused_optimizer``, ``milestones``.
+            ``precision``, ``fused_optimizer``, ``augment``, ``milestones``.
 
     Returns:
         ``{loss_name: [float per iteration], ..., "total": [...]}`` (unweighted losses, weighted total).
@@ -878,7 +913,7 @@ def train_detector(
         all_hooks.append(CheckpointHook(checkpoint_path, checkpoint_period, saver, is_writer=context.is_main))
     trainer = Trainer(detector, model, optimizer, settings, batches, advance, device, state, log, ema,
                       sync_period=1 if sync_every_step else log_period, hooks=all_hooks,
-                      reduce_values=_mean_over_processes if context.enabled else None)
+                      reduce_values=_mean_over_processes if context.enabled else None, rank=context.rank)
     trainer_ref.append(trainer)
     try:
         history = trainer.train()
