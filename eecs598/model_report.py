@@ -76,8 +76,8 @@ class ModelSpec:
     image_size: int
     network: Callable[[nn.Module, torch.Tensor], object] = _fcos_network
     detect: Optional[Callable[[nn.Module, torch.Tensor], object]] = _fcos_detect
-    parts: Dict[str, str] = field(default_factory=lambda: {"backbone": "backbone.backbone", "FPN": "backbone.fpn_params",
-                                                           "head": "pred_net"})
+    parts: Dict[str, str] = field(default_factory=lambda: {
+        "backbone": "backbone.backbone", "FPN": "backbone.fpn_params", "head": "pred_net"})
 
 
 def fcos_specs(presets: Optional[Sequence[str]] = None) -> List[ModelSpec]:

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +17,14 @@ from test_mean_ap import make_input, write_random_input
 
 from a4_helper import ShapesDetection, inference_with_detector
 from eecs598 import analysis
-from eecs598.mean_ap import compute_map, evaluate_map, match_detections, read_box_files, voc_ap
+from eecs598.mean_ap import evaluate_map, match_detections, read_box_files, voc_ap
+
+try:
+    import pycocotools  # noqa: F401
+
+    HAVE_PYCOCOTOOLS = True
+except ImportError:
+    HAVE_PYCOCOTOOLS = False
 
 
 def read_input_dir(input_dir):
@@ -225,3 +233,44 @@ def test_figures_and_cli(shapes_and_model, tmp_path, capsys):
     assert "false positives: 4 = wrong_class 1 (25%), poor_localisation 1 (25%), duplicate 1 (25%)" in out
     assert os.path.isfile(tmp_path / "cli" / "confusion_matrix.png")
     assert analysis.main([str(tmp_path / "nowhere")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# train_fcos.py --coco --sweep --error-analysis
+# ----------------------------------------------------------------------------------------------
+
+
+def test_train_fcos_writes_the_analysis_outputs(tmp_path, capsys):
+    import train_fcos
+
+    argv = ["--dataset", "shapes", "--data-dir", str(tmp_path / "shapes"), "--run-dir", str(tmp_path / "run"),
+            "--num-train", "8", "--num-val", "4", "--image-size", "64", "--max-iters", "1", "--batch-size", "4",
+            "--fpn-channels", "16", "--stem-channels", "16", "--no-progress", "--threads", "1", "--sweep",
+            "--error-analysis"] + (["--coco"] if HAVE_PYCOCOTOOLS else [])
+    metrics = train_fcos.main(argv)
+    out_dir = tmp_path / "run" / "analysis"
+    for name in ("sweep.csv", "sweep.md", "sweep.png", "pr_curves.png", "errors.txt", "errors.png",
+                 "confusion_matrix.png"):
+        assert os.path.getsize(out_dir / name) > 0, name
+    # The sweep's row at the run's own setting (score 0.05, NMS 0.5) is the run's mAP.
+    (own,) = [r for r in metrics["sweep"] if (r["score_thresh"], r["nms_thresh"]) == (0.05, 0.5)]
+    assert own["mAP"] == metrics["mAP"]
+    assert len(metrics["sweep"]) == len(analysis.DEFAULT_SCORE_THRESHS) * len(analysis.DEFAULT_NMS_THRESHS)
+    assert metrics["errors"]["score_thresh"] == 0.4 and set(metrics["errors"]["false_positives"]) == set(
+        analysis.FP_TYPES)
+    if HAVE_PYCOCOTOOLS:
+        from eecs598.coco_eval import evaluate_coco
+
+        direct = evaluate_coco(str(tmp_path / "run" / "mAP" / "input"), quiet=True)
+        assert metrics["coco"] == direct.metrics()
+    assert "Threshold sweep (mAP@0.5)" in capsys.readouterr().out
+
+
+def test_train_fcos_coco_flag_without_pycocotools_names_the_extra(monkeypatch, capsys):
+    import train_fcos
+
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(SystemExit):
+        train_fcos.parse_args(["--coco"])
+    assert "pip install -e '.[coco]'" in capsys.readouterr().err

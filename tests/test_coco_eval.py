@@ -1,7 +1,6 @@
 """Tests of eecs598.coco_eval: agreement with pycocotools called directly on the same boxes, the box
 convention on hand-computed cases, difficult boxes, the command line, and the message without pycocotools."""
 import json
-import os
 import random
 import sys
 
