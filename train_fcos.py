@@ -166,12 +166,24 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
                    help=f"class-specific NMS IoU threshold (default: {NMS_THRESH})")
     g.add_argument("--max-val-images", type=int, default=None, help="evaluate on the first N val images only")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--coco", action="store_true", help="also COCO-style AP@[.5:.95], AP50, AP75, AP/AR by size "
+                   "(pycocotools, extra 'coco'): metrics.json and RUN_DIR/analysis/coco_metrics.json")
+    g.add_argument("--sweep", action="store_true", help="score x NMS threshold sweep from one extra inference pass: "
+                   "RUN_DIR/analysis/sweep.{csv,md,png}")
+    g.add_argument("--error-analysis", action="store_true", help="PR curves, false-positive / miss types, confusion "
+                   f"matrix and worst images (at score > {SCORE_THRESH_VIS}) in RUN_DIR/analysis/")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """Command-line arguments; unset ones take the chosen dataset's value from ``PRESETS``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.coco:
+        from eecs598.coco_eval import require_pycocotools
+        try:
+            require_pycocotools()
+        except ImportError as e:
+            parser.error(f"--coco: {e}")
 
     args.explicit = {k for k, v in vars(args).items() if v is not None}  # to tell presets from choices
     for key, value in PRESETS[args.dataset].items():
@@ -378,6 +390,45 @@ def draw_detections(model, dataset, path: str, device: str, num_images: int = 8)
     plt.close(fig)
 
 
+def evaluation_extras(args, model, val_set, idx_to_class, map_input: str) -> dict:
+    """The optional outputs of ``--coco``, ``--sweep`` and ``--error-analysis`` (files in ``RUN_DIR/analysis/``);
+    returns the entries they add to metrics.json."""
+    from eecs598 import analysis
+
+    extra, out_dir = {}, os.path.join(args.run_dir, "analysis")
+    if args.coco:  # from the Cartucho files just written: the same detections as the mAP
+        from eecs598.coco_eval import evaluate_coco
+
+        coco = evaluate_coco(map_input, output_json=os.path.join(out_dir, "coco_metrics.json"))
+        extra["coco"], extra["coco_ap_per_class"] = coco.metrics(), coco.ap_per_class
+    if not (args.sweep or args.error_analysis):
+        return extra
+    scores = sorted(set(analysis.DEFAULT_SCORE_THRESHS) | {args.score_thresh, SCORE_THRESH_VIS})
+    pool = analysis.collect_detections(model, DataLoader(val_set, batch_size=1, num_workers=args.num_workers),
+                                       idx_to_class, min_score=scores[0], device=args.device,
+                                       progress=not args.no_progress)
+    if args.sweep:
+        nms_threshs = sorted(set(analysis.DEFAULT_NMS_THRESHS) | {args.nms_thresh})
+        rows = analysis.sweep_thresholds(pool, scores, nms_threshs)
+        analysis.write_sweep_csv(rows, os.path.join(out_dir, "sweep.csv"))
+        tables = [analysis.format_sweep_table(rows, key) for key in ("mAP", "recall", "detections_per_image")]
+        with open(os.path.join(out_dir, "sweep.md"), "w") as f:
+            f.write("\n\n".join(tables) + "\n")
+        analysis.plot_sweep(rows, path=os.path.join(out_dir, "sweep.png"))
+        print("\nThreshold sweep (mAP@0.5):\n" + tables[0])
+        extra["sweep"] = [{k: v for k, v in r.items() if k != "ap_per_class"} for r in rows]
+    if args.error_analysis:
+        result = pool.evaluate(args.score_thresh, args.nms_thresh)  # the run's own mAP setting: PR curves
+        gt, det = pool.box_files(pool.keep(SCORE_THRESH_VIS, args.nms_thresh))
+        errors = analysis.analyze_errors(gt, det)
+        summary = analysis.write_error_analysis(errors, gt, det, result, out_dir,
+                                                load_image=analysis.image_loader(val_set))
+        print(f"\nErrors at score > {SCORE_THRESH_VIS}, NMS {args.nms_thresh}:\n"
+              + analysis.format_error_summary(errors))
+        extra["errors"] = {"score_thresh": SCORE_THRESH_VIS, "nms_thresh": args.nms_thresh, **summary}
+    return extra
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     """Run the whole job (see the module docstring); returns the metrics written to metrics.json."""
     if hasattr(sys.stdout, "reconfigure"):
@@ -422,7 +473,8 @@ def run(args: argparse.Namespace) -> dict:
     plot_loss_history(history, path=os.path.join(args.run_dir, "loss_curve.png"))
     plt.close("all")
     t0 = time.time()
-    result, num_val = evaluate(args, model, val_set)
+    result, eval_set = evaluate(args, model, val_set)
+    num_val = len(eval_set)
     eval_seconds = time.time() - t0
     draw_detections(model, val_set, os.path.join(args.run_dir, "detections.png"), args.device)
     metrics = {
@@ -441,6 +493,8 @@ def run(args: argparse.Namespace) -> dict:
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": context.world_size,
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
+    map_input = os.path.join(args.run_dir, "mAP", "input")
+    metrics.update(evaluation_extras(args, model, eval_set, val_set.idx_to_class, map_input))
     metrics_name = "metrics_eval.json" if args.eval_only else "metrics.json"
     with open(os.path.join(args.run_dir, metrics_name), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -530,7 +584,7 @@ def evaluate(args, model, val_set):
                             output_dir=map_input, device=args.device, progress=not args.no_progress)
     result = evaluate_map(map_input, output_dir=os.path.join(args.run_dir, "mAP", "output"), plot=False)
     plot_ap_bars(result.ap, result.map, path=os.path.join(args.run_dir, "ap_per_class.png"))
-    return result, len(val_set)
+    return result, val_set
 
 
 if __name__ == "__main__":

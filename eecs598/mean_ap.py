@@ -83,6 +83,8 @@ __all__ = [
     "BoxFiles",
     "MapResult",
     "read_box_files",
+    "Matching",
+    "match_detections",
     "compute_map",
     "evaluate_map",
     "voc_ap",
@@ -483,37 +485,58 @@ def _check_min_overlap(min_overlap) -> float:
     return float(min_overlap)
 
 
-def compute_map(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> MapResult:
-    """Per-class AP and mAP from parsed files (see the module docstring for the rules).
+@dataclass
+class Matching:
+    """The evaluator's decision for every detection (what ``compute_map`` scores), for error analysis.
+
+    D = detections, G = GT boxes, C = classes in ``names``. Row indices refer to the ``BoxFiles``
+    passed to ``match_detections``.
+
+    Attributes:
+        names: the class names of GT and detections together, alphabetical; class ids index it.
+        gt_cls: ``(G,)`` int64 class id of each GT box.
+        det_cls: ``(D,)`` int64 class id of each detection.
+        best_gt: ``(D,)`` int64 the best-IoU GT box of the detection's class in its image (-1: none).
+        best_iou: ``(D,)`` float64 pixel-inclusive IoU with ``best_gt`` (``-inf``: no overlap).
+        tp: ``(D,)`` bool true positives.
+        fp: ``(D,)`` bool false positives (duplicates included).
+        ignored: ``(D,)`` bool matched to a ``difficult`` GT: neither TP nor FP.
+        rank: ``(D,)`` int64 detection rows by class id, then by decreasing confidence (ties in
+            file order, then line order): each class is a contiguous slice, in ranking order.
+        min_overlap: the IoU threshold used.
+    """
+
+    names: List[str]
+    gt_cls: np.ndarray
+    det_cls: np.ndarray
+    best_gt: np.ndarray
+    best_iou: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    ignored: np.ndarray
+    rank: np.ndarray
+    min_overlap: float
+
+
+def match_detections(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> Matching:
+    """Rank and match every detection exactly as ``compute_map`` does (rules 2 and 3 of the module
+    docstring): TP / FP / ignored flags and the GT box each detection was compared with.
 
     Args:
-        gt: ground truth, from ``read_box_files(..., "gt")``.
-        det: detections, from ``read_box_files(..., "det")``; ``det.image_index`` must index the
-            same ``file_ids`` as ``gt.image_index`` (``evaluate_map`` checks the pairing).
-        min_overlap: IoU needed for a match (``>=``), 0.5 in PASCAL VOC.
+        gt, det, min_overlap: as for ``compute_map`` (``det.image_index`` indexes ``gt.file_ids``).
 
     Returns:
-        a ``MapResult``.
+        a ``Matching``.
 
     Raises:
-        ValueError: no non-difficult GT box at all (the mAP would be a mean over no class), or
-            ``min_overlap`` outside ``[0, 1]``.
+        ValueError: ``min_overlap`` outside ``[0, 1]``.
     """
     min_overlap = _check_min_overlap(min_overlap)
     # Shared integer class ids, ordered alphabetically.
     names = sorted(set(gt.classes) | set(det.classes))
-    gt_cls = np.searchsorted(names, gt.classes)[gt.class_index]  # (G,) ids into names
-    det_cls = np.searchsorted(names, det.classes)[det.class_index]  # (D,)
+    gt_cls = np.searchsorted(names, gt.classes)[gt.class_index].astype(np.int64)  # (G,) ids into names
+    det_cls = np.searchsorted(names, det.classes)[det.class_index].astype(np.int64)  # (D,)
     n_cls = len(names)
-
-    gt_per_class = np.bincount(gt_cls[~gt.difficult], minlength=n_cls)  # non-difficult only
-    det_per_class = np.bincount(det_cls, minlength=n_cls)
-    evaluated = [c for c in range(n_cls) if gt_per_class[c] > 0]
-    if not evaluated:
-        raise ValueError(
-            f"The ground truth has no boxes (or only 'difficult' ones) in {len(gt.file_ids)} "
-            "files: the mAP is undefined. Check that the ground-truth files were written."
-        )
 
     # 1. Best GT of each detection; whether that match counts.
     best_gt, best_iou = _best_gt_per_detection(gt, gt_cls, det, det_cls, n_cls)
@@ -536,6 +559,44 @@ def compute_map(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> MapRes
     tp = np.zeros(len(det), dtype=bool)
     tp[claimants[first]] = True
     fp = ~tp & ~ignored
+    return Matching(names=names, gt_cls=gt_cls, det_cls=det_cls, best_gt=best_gt, best_iou=best_iou, tp=tp,
+                    fp=fp, ignored=ignored, rank=rank, min_overlap=min_overlap)
+
+
+def compute_map(gt: BoxFiles, det: BoxFiles, min_overlap: float = 0.5) -> MapResult:
+    """Per-class AP and mAP from parsed files (see the module docstring for the rules).
+
+    Args:
+        gt: ground truth, from ``read_box_files(..., "gt")``.
+        det: detections, from ``read_box_files(..., "det")``; ``det.image_index`` must index the
+            same ``file_ids`` as ``gt.image_index`` (``evaluate_map`` checks the pairing).
+        min_overlap: IoU needed for a match (``>=``), 0.5 in PASCAL VOC.
+
+    Returns:
+        a ``MapResult``.
+
+    Raises:
+        ValueError: no non-difficult GT box at all (the mAP would be a mean over no class), or
+            ``min_overlap`` outside ``[0, 1]``.
+    """
+    min_overlap = _check_min_overlap(min_overlap)
+    names = sorted(set(gt.classes) | set(det.classes))
+    gt_cls = np.searchsorted(names, gt.classes)[gt.class_index]  # (G,) ids into names
+    det_cls = np.searchsorted(names, det.classes)[det.class_index]  # (D,)
+    n_cls = len(names)
+
+    gt_per_class = np.bincount(gt_cls[~gt.difficult], minlength=n_cls)  # non-difficult only
+    det_per_class = np.bincount(det_cls, minlength=n_cls)
+    evaluated = [c for c in range(n_cls) if gt_per_class[c] > 0]
+    if not evaluated:
+        raise ValueError(
+            f"The ground truth has no boxes (or only 'difficult' ones) in {len(gt.file_ids)} "
+            "files: the mAP is undefined. Check that the ground-truth files were written."
+        )
+
+    # 1.-3. Best GT of each detection, ranking, TP / FP (see match_detections).
+    matching = match_detections(gt, det, min_overlap)
+    tp, fp, rank = matching.tp, matching.fp, matching.rank
 
     # 4. Precision / recall / AP per class; each class is a contiguous slice of ``rank``.
     bounds = np.searchsorted(det_cls[rank], np.arange(n_cls + 1))
