@@ -410,3 +410,50 @@ def test_invalid_options_have_clear_errors():
         FCOS(3, 8, [8], pretrained=False, head_norm="batch")
     with pytest.raises(ValueError, match="p6_from"):
         DetectorBackboneWithFPN(8, pretrained=False, p6p7=True, p6_from="p4")
+
+
+# -- presets -------------------------------------------------------------------------------------------
+
+
+def test_course_preset_is_exactly_the_default_detector():
+    from eecs598.presets import get_preset
+
+    course = get_preset("course")
+    assert course["augment"] is None and course["tta"] is None
+    images, gt = fixed_batch()
+    results = []
+    for kwargs in ({}, course["model"]):
+        reset_seed(0)
+        model = FCOS(num_classes=4, fpn_channels=32, stem_channels=[32, 32], pretrained=False, **kwargs)
+        model.train()
+        results.append((list(model.state_dict()), model(images, gt)))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
+
+
+def test_presets_are_valid_keyword_arguments():
+    import inspect
+
+    import a4_helper
+    from eecs598.augment import random_flip_scale
+    from eecs598.presets import PRESETS, get_preset
+    from eecs598.tta import detect_with_tta
+
+    train_parameters = inspect.signature(a4_helper.train_detector).parameters
+    for name in PRESETS:
+        recipe = get_preset(name)
+        assert set(recipe) == {"model", "train", "augment", "tta"}
+        model = FCOS(num_classes=3, fpn_channels=16, stem_channels=[16], pretrained=False, **recipe["model"])
+        assert set(recipe["train"]) <= set(train_parameters), name
+        if recipe["augment"] is not None:
+            random_flip_scale(torch.zeros(3, 32, 32), torch.full((2, 5), -1.0), **recipe["augment"])
+        if recipe["tta"] is not None:
+            model.eval()
+            detect_with_tta(model, torch.zeros(1, 3, 64, 64), 0.5, 0.5, **recipe["tta"])
+    improved = get_preset("improved")
+    assert improved["model"]["box_loss"] == "giou" and improved["model"]["head_norm"] == "group"
+    assert improved["model"]["center_sampling_radius"] == 1.5
+    improved["model"]["box_loss"] = "l1"  # a copy: the table is untouched
+    assert PRESETS["improved"]["model"]["box_loss"] == "giou"
+    with pytest.raises(ValueError, match="unknown preset 'best'.*course"):
+        get_preset("best")
