@@ -113,8 +113,9 @@ def _load_imagenet_state_dict(backbone: str = "regnet_x_400mf") -> Optional[Dict
 # ---------------------------------------------------------------------------------------------
 
 
-def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str]) -> Tuple[nn.Module, Dict[str, int]]:
-    """The feature extractor of ``backbone`` (returning ``{"c3", "c4", "c5"}``) and its channels.
+def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str]) -> Tuple[nn.Module, Dict[str, int], str]:
+    """The feature extractor of ``backbone`` (returning ``{"c3", "c4", "c5"}``), its channels, and where
+    its weights came from (``"file:<path>"``, ``"imagenet:<path>"`` or ``"random"``).
 
     Weights: ``backbone_weights`` (a local file) if given, else ImageNet weights if ``pretrained``
     (torchvision download with the offline fallback of :func:`_load_imagenet_state_dict`, or the
@@ -124,12 +125,15 @@ def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     spec = BACKBONES[backbone]
     classifier = build_classifier(backbone)
+    source = "random"
     if backbone_weights is not None:
         load_trunk_weights(classifier, backbone, os.fspath(backbone_weights))
+        source = f"file:{os.fspath(backbone_weights)}"
     elif pretrained and spec.torchvision_weights is not None:
         state_dict = _load_imagenet_state_dict(backbone)
         if state_dict is not None:
             classifier.load_state_dict(state_dict)
+            source = f"imagenet:{imagenet_weights_path(backbone)}"
     elif pretrained:
         try:
             path = efficientnet_lite0_weights_path()
@@ -138,10 +142,11 @@ def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str
                           "silence this.", RuntimeWarning, stacklevel=4)
         else:
             load_trunk_weights(classifier, backbone, path)
+            source = f"imagenet:{path}"
     tracer_kwargs = {"leaf_modules": list(spec.leaf_modules)} if spec.leaf_modules else None
     trunk = feature_extraction.create_feature_extractor(classifier, return_nodes=dict(spec.return_nodes),
                                                         tracer_kwargs=tracer_kwargs)
-    return trunk, dict(spec.channels)
+    return trunk, dict(spec.channels), source
 
 
 def _add_p6p7_params(fpn_params: nn.ModuleDict, out_channels: int, p6_in_channels: int) -> None:
@@ -187,6 +192,10 @@ class DetectorBackboneWithFPN(nn.Module):
             p6p7: add P6 and P7 (strides 64 and 128), as in the FCOS paper: P6 = stride-2 3x3 conv of
                 P5 (or of C5, see ``p6_from``), P7 = stride-2 3x3 conv of ``relu(P6)``.
             p6_from: ``"p5"`` (FCOS's choice) or ``"c5"`` (RetinaNet's).
+
+        Attributes (besides the contract's): ``backbone_name``; ``weights_source``: where the trunk's
+        weights came from, ``"imagenet:<file>"``, ``"file:<backbone_weights>"`` or ``"random"`` (e.g.
+        offline), so that callers can tell whether the ImageNet start really happened.
         """
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
@@ -198,7 +207,7 @@ class DetectorBackboneWithFPN(nn.Module):
         self.p6_from = p6_from if p6p7 else None
 
         # Only the trunk is needed: its stride 8/16/32 outputs are c3/c4/c5 (block2/3/4 of RegNet).
-        self.backbone, backbone_channels = _build_trunk(backbone, pretrained, backbone_weights)
+        self.backbone, backbone_channels, self.weights_source = _build_trunk(backbone, pretrained, backbone_weights)
 
         self.fpn_params = nn.ModuleDict()
         for level, c_name in (("p3", "c3"), ("p4", "c4"), ("p5", "c5")):

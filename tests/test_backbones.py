@@ -107,6 +107,7 @@ def test_backbone_weights_file_is_loaded_without_download(monkeypatch, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         backbone = DetectorBackboneWithFPN(8, pretrained=True, backbone="resnet18", backbone_weights=str(path))
+    assert backbone.weights_source == f"file:{path}"
     loaded = backbone.backbone.state_dict()
     for key in ("conv1.weight", "layer4.1.bn2.running_var", "layer3.0.downsample.0.weight"):
         assert torch.equal(loaded[key], reference.state_dict()[key])
@@ -172,6 +173,7 @@ def test_other_torchvision_backbone_offline_warns_with_its_file(monkeypatch, tmp
         DetectorBackboneWithFPN(8, backbone="mobilenet_v3_large")  # no retry, but its own file is named
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 2, messages
+    assert DetectorBackboneWithFPN(8, backbone="resnet18").weights_source == "random"
     assert os.path.join(str(tmp_path), "checkpoints", "resnet18-f37072fd.pth") in messages[0]
     assert "ResNet-18" in messages[0] and "backbone_weights=FILE" in messages[0]
     assert "mobilenet_v3_large-8738ca79.pth" in messages[1]
@@ -216,6 +218,7 @@ def test_lite0_every_key_of_the_shipped_weights_loads():
     assert not result.missing_keys and not result.unexpected_keys
     # As a detector trunk (pretrained=True takes them from the package, no download).
     backbone = DetectorBackboneWithFPN(8, pretrained=True, backbone="efficientnet_lite0")
+    assert backbone.weights_source == f"imagenet:{path}"
     assert torch.equal(backbone.backbone.state_dict()["_blocks.15._project_conv.weight"],
                        state["_blocks.15._project_conv.weight"])
 
@@ -281,3 +284,19 @@ def test_lite0_without_the_package_warns_and_starts_random(monkeypatch):
 def test_build_classifier_is_the_torchvision_model():
     assert type(build_classifier("mobilenet_v3_large")) is torchvision.models.MobileNetV3
     assert type(build_classifier("efficientnet_lite0")) is EfficientNetLite0
+
+
+def test_other_backbone_imagenet_file_found_in_the_cache_dir(monkeypatch, tmp_path):
+    """Offline users copy torchvision's file where the warning says: it loads, and weights_source says so."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    no_download(monkeypatch)
+    torch.manual_seed(4)
+    reference = torchvision.models.mobilenet_v3_large()
+    path = common.imagenet_weights_path("mobilenet_v3_large")
+    os.makedirs(os.path.dirname(path))
+    torch.save(reference.state_dict(), path)
+    backbone = DetectorBackboneWithFPN(8, pretrained=True, backbone="mobilenet_v3_large")
+    assert backbone.weights_source == f"imagenet:{path}"
+    assert torch.equal(backbone.backbone.state_dict()["features.16.0.weight"],
+                       reference.state_dict()["features.16.0.weight"])
+    assert DetectorBackboneWithFPN(8, pretrained=False).weights_source == "random"
