@@ -74,10 +74,11 @@ def test_default_backbone_contract():
     assert list(default.backbone.state_dict()) == regnet_keys
 
 
-def test_fcos_with_another_backbone_trains():
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_fcos_with_another_backbone_trains(name):
     torch.manual_seed(0)
-    model = FCOS(num_classes=3, fpn_channels=16, stem_channels=[16], pretrained=False, backbone="resnet18")
-    assert model.backbone.fpn_params["lateral_c5"].in_channels == 512
+    model = FCOS(num_classes=3, fpn_channels=16, stem_channels=[16], pretrained=False, backbone=name)
+    assert model.backbone.fpn_params["lateral_c5"].in_channels == BACKBONES[name].channels["c5"]
     model.train()
     gt = torch.tensor([[[4.0, 4.0, 40.0, 50.0, 1.0]], [[10.0, 0.0, 60.0, 30.0, 2.0]]])
     losses = model(torch.randn(2, 3, 64, 64), gt)
