@@ -14,13 +14,15 @@ Conventions used throughout this package:
 import os
 import socket
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision import models
 from torchvision.models import feature_extraction
+
+from eecs598.backbones import BACKBONES, build_classifier, efficientnet_lite0_weights_path, load_trunk_weights
 
 __all__ = [
     "hello_common",
@@ -45,52 +47,63 @@ _REGNET_WEIGHTS = models.RegNet_X_400MF_Weights.IMAGENET1K_V1
 _DOWNLOAD_TIMEOUT_S = 10.0
 # Outcome of the first download attempt in this process: later models neither retry nor re-warn.
 _weights_unavailable_reason: Optional[str] = None
+# Backbones already warned about since that failure (another backbone's missing file still warns once).
+_warned_backbones: Set[str] = set()
 
 
-def imagenet_weights_path() -> str:
-    """Path where torchvision caches the RegNetX-400MF ImageNet weights (and where we look offline).
+def imagenet_weights_path(backbone: str = "regnet_x_400mf") -> str:
+    """Path where torchvision caches the ImageNet weights of ``backbone`` (and where we look offline).
 
     It is ``$TORCH_HOME/hub/checkpoints/<file name of the official URL>`` (``~/.cache/torch`` by
     default). Copying the weight file there makes ``DetectorBackboneWithFPN`` load it without
-    network.
+    network. ``backbone`` is a torchvision name of ``eecs598.backbones.BACKBONES`` (default: the
+    assignment's RegNetX-400MF).
     """
-    file_name = os.path.basename(_REGNET_WEIGHTS.url)
+    weights = BACKBONES[backbone].torchvision_weights if backbone in BACKBONES else None
+    if weights is None:
+        raise ValueError(f"imagenet_weights_path: {backbone!r} has no torchvision weights; choose one of "
+                         f"{sorted(k for k, v in BACKBONES.items() if v.torchvision_weights is not None)}")
+    file_name = os.path.basename(weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
 
 
-def _load_imagenet_state_dict() -> Optional[Dict[str, torch.Tensor]]:
-    """Return the ImageNet state dict of RegNetX-400MF, or ``None`` (after one warning) if offline."""
-    global _weights_unavailable_reason
-    path = imagenet_weights_path()
+def _load_imagenet_state_dict(backbone: str = "regnet_x_400mf") -> Optional[Dict[str, torch.Tensor]]:
+    """Return the ImageNet state dict of ``backbone``'s classifier, or ``None`` (after one warning)
+    if offline. After one failed download no other is attempted in this process."""
+    global _weights_unavailable_reason, _warned_backbones
+    url, display_name = BACKBONES[backbone].torchvision_weights.url, BACKBONES[backbone].display_name
+    path = imagenet_weights_path(backbone)
     if not os.path.isfile(path) and _weights_unavailable_reason is None:
+        _warned_backbones = set()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         old_timeout = socket.getdefaulttimeout()
         # urllib has no overall timeout of its own: without this a firewalled network hangs forever.
         socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
         try:
-            torch.hub.download_url_to_file(_REGNET_WEIGHTS.url, path, progress=True)
+            torch.hub.download_url_to_file(url, path, progress=True)
         except Exception as error:  # no network, DNS failure, timeout, HTTP error, full disk ...
             _weights_unavailable_reason = f"{type(error).__name__}: {error}"
         finally:
             socket.setdefaulttimeout(old_timeout)
-        if _weights_unavailable_reason is not None:
-            warnings.warn(
-                "Could not download the ImageNet weights of RegNetX-400MF from "
-                f"{_REGNET_WEIGHTS.url} ({_weights_unavailable_reason}). The backbone starts from "
-                "RANDOM initialisation, so training needs far more iterations and a stable recipe "
-                "(see a4_helper.FROM_SCRATCH). To use the pretrained weights offline, download that "
-                f"file elsewhere and copy it to {path} (directory {os.path.dirname(path)}), or pass "
-                "pretrained=False to skip this attempt.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+    if not os.path.isfile(path) and _weights_unavailable_reason is not None and backbone not in _warned_backbones:
+        _warned_backbones.add(backbone)
+        warnings.warn(
+            f"Could not download the ImageNet weights of {display_name} from "
+            f"{url} ({_weights_unavailable_reason}). The backbone starts from "
+            "RANDOM initialisation, so training needs far more iterations and a stable recipe "
+            "(see a4_helper.FROM_SCRATCH). To use the pretrained weights offline, download that "
+            f"file elsewhere and copy it to {path} (directory {os.path.dirname(path)}), or pass "
+            "pretrained=False to skip this attempt (or backbone_weights=FILE to load a local file).",
+            RuntimeWarning,
+            stacklevel=5,
+        )
     if not os.path.isfile(path):
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise RuntimeError(
-            f"The RegNetX-400MF weight file {path} exists but cannot be read ({error}). "
+            f"The {display_name} weight file {path} exists but cannot be read ({error}). "
             "Delete it so that it is downloaded again, or replace it with a good copy."
         ) from error
 
@@ -100,6 +113,54 @@ def _load_imagenet_state_dict() -> Optional[Dict[str, torch.Tensor]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str]) -> Tuple[nn.Module, Dict[str, int], str]:
+    """The feature extractor of ``backbone`` (returning ``{"c3", "c4", "c5"}``), its channels, and where
+    its weights came from (``"file:<path>"``, ``"imagenet:<path>"`` or ``"random"``).
+
+    Weights: ``backbone_weights`` (a local file) if given, else ImageNet weights if ``pretrained``
+    (torchvision download with the offline fallback of :func:`_load_imagenet_state_dict`, or the
+    Lite0 package), else random initialisation.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    spec = BACKBONES[backbone]
+    classifier = build_classifier(backbone)
+    source = "random"
+    if backbone_weights is not None:
+        load_trunk_weights(classifier, backbone, os.fspath(backbone_weights))
+        source = f"file:{os.fspath(backbone_weights)}"
+    elif pretrained and spec.torchvision_weights is not None:
+        state_dict = _load_imagenet_state_dict(backbone)
+        if state_dict is not None:
+            classifier.load_state_dict(state_dict)
+            source = f"imagenet:{imagenet_weights_path(backbone)}"
+    elif pretrained:
+        try:
+            path = efficientnet_lite0_weights_path()
+        except ImportError as error:
+            warnings.warn(f"{error} The backbone starts from RANDOM initialisation; pass pretrained=False to "
+                          "silence this.", RuntimeWarning, stacklevel=4)
+        else:
+            load_trunk_weights(classifier, backbone, path)
+            source = f"imagenet:{path}"
+    tracer_kwargs = {"leaf_modules": list(spec.leaf_modules)} if spec.leaf_modules else None
+    trunk = feature_extraction.create_feature_extractor(classifier, return_nodes=dict(spec.return_nodes),
+                                                        tracer_kwargs=tracer_kwargs)
+    return trunk, dict(spec.channels), source
+
+
+def _add_p6p7_params(fpn_params: nn.ModuleDict, out_channels: int, p6_in_channels: int) -> None:
+    """Add the convs of P6 (``p6_in_channels`` -> ``out_channels``) and P7: 3x3, stride 2, padding 1."""
+    fpn_params["output_p6"] = nn.Conv2d(p6_in_channels, out_channels, 3, stride=2, padding=1)
+    fpn_params["output_p7"] = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+
+
+def _p6p7_features(fpn_params: nn.ModuleDict, p6_input: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """``{"p6": conv(p6_input), "p7": conv(relu(p6))}``; sizes ``ceil(size / 2)`` of their inputs."""
+    p6 = fpn_params["output_p6"](p6_input)
+    return {"p6": p6, "p7": fpn_params["output_p7"](F.relu(p6))}
+
+
 class DetectorBackboneWithFPN(nn.Module):
     """RegNetX-400MF backbone with a three-level (P3-P5) Feature Pyramid Network.
 
@@ -107,37 +168,46 @@ class DetectorBackboneWithFPN(nn.Module):
     The FPN turns them into ``p3``, ``p4``, ``p5`` with ``out_channels`` channels each: a 1x1
     lateral conv per level, a top-down pathway that adds the nearest-upsampled coarser merged map,
     and a 3x3 output conv per level (Lin et al., 2017). There is no P6/P7, unlike the FCOS paper.
+
+    Options (keyword-only, defaults = the above): another trunk (``backbone=``, see
+    ``eecs598.backbones``), a local weight file (``backbone_weights=``), and P6/P7 (``p6p7=True``).
     """
 
-    def __init__(self, out_channels: int, pretrained: bool = True):
+    def __init__(self, out_channels: int, pretrained: bool = True, *, backbone: str = "regnet_x_400mf",
+                 backbone_weights: Optional[str] = None, p6p7: bool = False, p6_from: str = "p5"):
         """
         Args:
             out_channels: channels of every FPN level.
             pretrained: load ImageNet weights into the backbone. Without network the weights are
                 looked up at :func:`imagenet_weights_path`; if absent, a warning is raised once
                 and the backbone keeps its random initialisation. ``False`` skips the attempt.
+            backbone: trunk name, one of ``eecs598.backbones.BACKBONES`` (``regnet_x_400mf``,
+                ``regnet_x_800mf``, ``regnet_x_1_6gf``, ``resnet18``, ``resnet34``, ``resnet50``,
+                ``mobilenet_v3_large``, ``efficientnet_lite0``). ``efficientnet_lite0`` takes its
+                ImageNet weights from the optional package of the ``lite0`` extra.
+            backbone_weights: path of a local state dict of the trunk's classifier (e.g. saved with
+                ``torch.save(torchvision.models.resnet50(weights=...).state_dict(), FILE)``); it
+                replaces ``pretrained`` (no download). Missing or unexpected keys raise an error
+                naming the file and the keys.
+            p6p7: add P6 and P7 (strides 64 and 128), as in the FCOS paper: P6 = stride-2 3x3 conv of
+                P5 (or of C5, see ``p6_from``), P7 = stride-2 3x3 conv of ``relu(P6)``.
+            p6_from: ``"p5"`` (FCOS's choice) or ``"c5"`` (RetinaNet's).
+
+        Attributes (besides the contract's): ``backbone_name``; ``weights_source``: where the trunk's
+        weights came from, ``"imagenet:<file>"``, ``"file:<backbone_weights>"`` or ``"random"`` (e.g.
+        offline), so that callers can tell whether the ImageNet start really happened.
         """
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        if p6_from not in ("p5", "c5"):
+            raise ValueError(f"p6_from must be 'p5' or 'c5', got {p6_from!r}")
         self.out_channels = out_channels
+        self.backbone_name = backbone
+        self.p6_from = p6_from if p6p7 else None
 
-        regnet = models.regnet_x_400mf(weights=None)
-        if pretrained:
-            state_dict = _load_imagenet_state_dict()
-            if state_dict is not None:
-                regnet.load_state_dict(state_dict)
-
-        # Only the trunk is needed: its block2/3/4 outputs are c3/c4/c5.
-        self.backbone = feature_extraction.create_feature_extractor(
-            regnet,
-            return_nodes={
-                "trunk_output.block2": "c3",
-                "trunk_output.block3": "c4",
-                "trunk_output.block4": "c5",
-            },
-        )
-        backbone_channels = {"c3": 64, "c4": 160, "c5": 400}
+        # Only the trunk is needed: its stride 8/16/32 outputs are c3/c4/c5 (block2/3/4 of RegNet).
+        self.backbone, backbone_channels, self.weights_source = _build_trunk(backbone, pretrained, backbone_weights)
 
         self.fpn_params = nn.ModuleDict()
         ### BEGIN SOLUTION
@@ -146,10 +216,14 @@ class DetectorBackboneWithFPN(nn.Module):
         for level in ("p3", "p4", "p5"):
             self.fpn_params[f"output_{level}"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         ### END SOLUTION
+        if p6p7:
+            _add_p6p7_params(self.fpn_params, out_channels, backbone_channels["c5"] if p6_from == "c5" else out_channels)
 
     @property
     def fpn_strides(self) -> Dict[str, int]:
         """Total stride of each FPN level with respect to the input image."""
+        if self.p6_from is not None:
+            return {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
         return {"p3": 8, "p4": 16, "p5": 32}
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -161,8 +235,9 @@ class DetectorBackboneWithFPN(nn.Module):
             Dict with keys ``"p3"``, ``"p4"``, ``"p5"`` (in this order) of shapes
             ``(B, out_channels, ceil(H/8), ceil(W/8))`` etc. (exactly ``H/8`` when divisible).
         """
+        backbone_feats = self.backbone(images)  # {"c3", "c4", "c5"}
+        fpn_feats = {"p3": None, "p4": None, "p5": None}
         ### BEGIN SOLUTION
-        backbone_feats = self.backbone(images)
         lateral = {c: self.fpn_params[f"lateral_{c}"](backbone_feats[c]) for c in ("c3", "c4", "c5")}
 
         # Top-down: upsample to the finer map's exact size (not a fixed factor of 2), so that
@@ -171,12 +246,14 @@ class DetectorBackboneWithFPN(nn.Module):
         merged_c4 = lateral["c4"] + F.interpolate(merged_c5, size=lateral["c4"].shape[-2:], mode="nearest")
         merged_c3 = lateral["c3"] + F.interpolate(merged_c4, size=lateral["c3"].shape[-2:], mode="nearest")
 
-        return {
-            "p3": self.fpn_params["output_p3"](merged_c3),
-            "p4": self.fpn_params["output_p4"](merged_c4),
-            "p5": self.fpn_params["output_p5"](merged_c5),
-        }
+        fpn_feats["p3"] = self.fpn_params["output_p3"](merged_c3)
+        fpn_feats["p4"] = self.fpn_params["output_p4"](merged_c4)
+        fpn_feats["p5"] = self.fpn_params["output_p5"](merged_c5)
         ### END SOLUTION
+        if self.p6_from is not None:  # optional P6/P7 (not part of the assignment)
+            extra_input = fpn_feats["p5"] if self.p6_from == "p5" else backbone_feats["c5"]
+            fpn_feats.update(_p6p7_features(self.fpn_params, extra_input))
+        return fpn_feats
 
 
 # ---------------------------------------------------------------------------------------------

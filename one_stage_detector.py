@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from common import DetectorBackboneWithFPN, class_spec_nms, get_fpn_location_coords
 
@@ -60,6 +60,60 @@ def _is_background(rows: torch.Tensor) -> torch.Tensor:
     return (rows[..., :4] == -1).all(dim=-1)
 
 
+def _stem_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm for a head stem: 32 groups as in the FCOS paper (8 channels each at its width 256),
+    or fewer so that every group has at least 4 channels: ``gcd(32, channels // 4)`` groups (16 for
+    64 channels, 8 for 32). A group of one channel would be instance norm, which fails on the 1x1
+    maps of small images at P7 and normalises each channel's contrast away."""
+    return nn.GroupNorm(max(math.gcd(32, channels // 4), 1), channels)
+
+
+def _inside_center_region(x: torch.Tensor, y: torch.Tensor, gt_coords: torch.Tensor, stride: int,
+                          radius: float) -> torch.Tensor:
+    """Centre sampling (FCOS "center sampling", from FCOS-plus): is each location within
+    ``radius * stride`` of each box centre in both x and y (an L-inf ball, strictly)?
+
+    Combined with the "strictly inside the box" test of the matcher, this is "strictly inside the
+    square of half-side ``radius * stride`` around the box centre, clipped to the box".
+
+    Args:
+        x, y: ``(1, N, 1)`` location coordinates.
+        gt_coords: ``(B, M, 4)`` boxes.
+        stride: the level's stride; radius: in strides (1.5 in FCOS).
+
+    Returns:
+        ``(B, N, M)`` bool.
+    """
+    center_x = (gt_coords[:, None, :, 0] + gt_coords[:, None, :, 2]) / 2  # [B, 1, M]
+    center_y = (gt_coords[:, None, :, 1] + gt_coords[:, None, :, 3]) / 2
+    half_side = radius * stride
+    return ((x - center_x).abs() < half_side) & ((y - center_y).abs() < half_side)
+
+
+def _giou_box_loss(pred_deltas: torch.Tensor, gt_deltas: torch.Tensor, is_foreground: torch.Tensor) -> torch.Tensor:
+    """Per-location GIoU loss (``torchvision.ops.generalized_box_iou_loss``) of the decoded boxes.
+
+    Both boxes are decoded around the same location with the same stride, so they are decoded at the
+    origin with stride 1, ``(-l, -t, r, b)``: GIoU is invariant to translating and scaling both boxes,
+    so this equals the loss of the boxes in image pixels. Predicted deltas are clamped at 0 as in
+    :func:`fcos_apply_deltas_to_locations` (the box must contain its location). Background rows
+    are replaced by a valid dummy box before the loss and then zeroed.
+
+    Args:
+        pred_deltas, gt_deltas: ``(B, N, 4)`` stride-normalised ``(l, t, r, b)``.
+        is_foreground: ``(B, N)`` bool.
+
+    Returns:
+        ``(B, N, 1)`` loss in ``[0, 2]`` for foreground rows, 0 for background.
+    """
+    fg = is_foreground[..., None]
+    gt_deltas = torch.where(fg, gt_deltas, torch.ones_like(gt_deltas))
+    pred_deltas = pred_deltas.clamp(min=0)
+    signs = pred_deltas.new_tensor([-1.0, -1.0, 1.0, 1.0])
+    loss = generalized_box_iou_loss(pred_deltas * signs, gt_deltas * signs, reduction="none")
+    return (loss * is_foreground)[..., None]
+
+
 # ---------------------------------------------------------------------------------------------
 # Prediction head
 # ---------------------------------------------------------------------------------------------
@@ -74,12 +128,15 @@ class FCOSPredictionNetwork(nn.Module):
     input location.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, stem_channels: List[int]):
+    def __init__(self, num_classes: int, in_channels: int, stem_channels: List[int], *, norm: Optional[str] = None):
         """
         Args:
             num_classes: number of object classes C (no background class).
             in_channels: channels of the FPN features.
             stem_channels: output channels of each conv3x3 + ReLU of both stems, e.g. ``[128, 128]``.
+            norm: ``None`` (the assignment's head) or ``"group"``: conv3x3 + GroupNorm + ReLU in the
+                stems (see :func:`_stem_norm`), as in the FCOS paper; it keeps the head's activations
+                at a fixed scale whatever the FPN features do.
         """
         super().__init__()
         stem_channels = list(stem_channels)
@@ -87,6 +144,8 @@ class FCOSPredictionNetwork(nn.Module):
         if bad:
             raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
                              f"{stem_channels} (bad: {bad})")
+        if norm not in (None, "group"):
+            raise ValueError(f"FCOSPredictionNetwork: norm must be None or 'group', got {norm!r}")
 
         ### BEGIN SOLUTION
         def make_stem() -> nn.Sequential:
@@ -94,6 +153,8 @@ class FCOSPredictionNetwork(nn.Module):
             channels = in_channels
             for out_channels in stem_channels:
                 layers += [nn.Conv2d(channels, out_channels, 3, stride=1, padding=1), nn.ReLU()]
+                if norm is not None:
+                    layers.insert(-1, _stem_norm(out_channels))
                 channels = out_channels
             return nn.Sequential(*layers)
 
@@ -144,7 +205,8 @@ class FCOSPredictionNetwork(nn.Module):
 def _level_size_ranges(strides_per_fpn_level: Dict[str, int]) -> Dict[str, Tuple[float, float]]:
     """Level -> open interval for the largest location-to-edge distance it is responsible for:
     ``(4 * stride, 8 * stride)``, with the first level open to 0 and the last to infinity, so that
-    every object size has exactly one level (p3 < 64 < p4 < 128 < p5 for strides 8/16/32)."""
+    every object size has exactly one level (p3 < 64 < p4 < 128 < p5 for strides 8/16/32). With P6/P7
+    (strides 64/128) this gives the FCOS paper's ranges: p5 (128, 256), p6 (256, 512), p7 (512, inf)."""
     names = list(strides_per_fpn_level.keys())
     ranges = {}
     for i, name in enumerate(names):
@@ -160,6 +222,8 @@ def match_locations_to_gt_batched(
     locations_per_fpn_level: TensorDict,
     strides_per_fpn_level: Dict[str, int],
     gt_boxes: torch.Tensor,
+    *,
+    center_sampling_radius: Optional[float] = None,
 ) -> TensorDict:
     """Batched :func:`fcos_match_locations_to_gt`: ``gt_boxes`` is ``(B, M, 5)`` and each returned
     tensor is ``(B, N, 5)``. Vectorised over images, locations and boxes."""
@@ -196,6 +260,9 @@ def match_locations_to_gt_batched(
             & (largest_distance < upper)
             & is_real_box[:, None, :]
         )
+        if center_sampling_radius is not None:
+            is_candidate &= _inside_center_region(x, y, gt_coords, strides_per_fpn_level[level_name],
+                                                  center_sampling_radius)
         # Among candidate boxes the smallest one wins (the paper's rule for ambiguous locations).
         candidate_areas = torch.where(is_candidate, gt_areas[:, None, :], torch.full_like(largest_distance, math.inf))
         smallest_area, box_index = candidate_areas.min(dim=-1)  # [B, N]
@@ -210,6 +277,8 @@ def fcos_match_locations_to_gt(
     locations_per_fpn_level: TensorDict,
     strides_per_fpn_level: Dict[str, int],
     gt_boxes: torch.Tensor,
+    *,
+    center_sampling_radius: Optional[float] = None,
 ) -> TensorDict:
     """Assign each location of each FPN level one GT box of one image (or background).
 
@@ -224,12 +293,17 @@ def fcos_match_locations_to_gt(
         locations_per_fpn_level: level -> ``(N, 2)`` ``(x, y)`` location centres.
         strides_per_fpn_level: level -> stride.
         gt_boxes: ``(M, 5)`` GT rows ``(x1, y1, x2, y2, class_id)`` of ONE image.
+        center_sampling_radius: ``None`` (the rule above) or a radius r in strides (FCOS uses 1.5):
+            a location must in addition lie strictly within ``r * stride`` of the box centre in x
+            and in y, i.e. inside that square clipped to the box (:func:`_inside_center_region`).
+            Only locations near the centre, whose features see the object, are then positives.
 
     Returns:
         level -> ``(N, 5)`` matched GT row per location (same dtype as ``gt_boxes``); ``-1`` rows for
         background.
     """
-    matched = match_locations_to_gt_batched(locations_per_fpn_level, strides_per_fpn_level, gt_boxes[None])
+    matched = match_locations_to_gt_batched(locations_per_fpn_level, strides_per_fpn_level, gt_boxes[None],
+                                            center_sampling_radius=center_sampling_radius)
     return {level_name: boxes[0] for level_name, boxes in matched.items()}
 
 
@@ -318,6 +392,16 @@ def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_fcos_options(box_loss: str, center_sampling_radius: Optional[float]) -> None:
+    if box_loss not in ("l1", "giou"):
+        raise ValueError(f"FCOS: box_loss must be 'l1' or 'giou', got {box_loss!r}")
+    if center_sampling_radius is not None and not (isinstance(center_sampling_radius, (int, float))
+                                                   and math.isfinite(center_sampling_radius)
+                                                   and center_sampling_radius > 0):
+        raise ValueError(f"FCOS: center_sampling_radius must be None or a number > 0 (in strides, e.g. 1.5), "
+                         f"got {center_sampling_radius!r}")
+
+
 class FCOS(nn.Module):
     """FCOS detector: RegNetX-400MF + FPN backbone, shared prediction head, focal/L1/BCE losses.
 
@@ -325,7 +409,10 @@ class FCOS(nn.Module):
     Inference (``model.eval()``): ``model(images)`` returns ``(boxes, classes, scores)``.
     """
 
-    def __init__(self, num_classes: int, fpn_channels: int, stem_channels: List[int], pretrained: bool = True):
+    def __init__(self, num_classes: int, fpn_channels: int, stem_channels: List[int], pretrained: bool = True, *,
+                 backbone: str = "regnet_x_400mf", backbone_weights: Optional[str] = None, p6p7: bool = False,
+                 head_norm: Optional[str] = None, box_loss: str = "l1",
+                 center_sampling_radius: Optional[float] = None):
         """
         Args:
             num_classes: number of object classes C.
@@ -333,13 +420,28 @@ class FCOS(nn.Module):
             stem_channels: channels of the head's stem convs, e.g. ``[128, 128]``.
             pretrained: try to load ImageNet weights into the backbone (see
                 ``common.DetectorBackboneWithFPN``; offline it warns once and uses random init).
+
+        Keyword-only options (the defaults are the assignment's detector, exactly):
+            backbone, backbone_weights: the trunk and a local weight file for it (see
+                ``common.DetectorBackboneWithFPN`` and ``eecs598.backbones``).
+            p6p7: add P6/P7 (strides 64/128; size ranges p5 (128, 256), p6 (256, 512), p7 (512, inf)).
+            head_norm: ``"group"``: GroupNorm in the head stems (see ``FCOSPredictionNetwork``).
+            box_loss: ``"l1"`` (``0.25 * L1`` of the stride-normalised deltas, the assignment's) or
+                ``"giou"``: ``torchvision.ops.generalized_box_iou_loss`` of the decoded boxes (weight 1
+                per foreground location, as torchvision's FCOS; it lies in [0, 2]); same normaliser.
+            center_sampling_radius: e.g. 1.5: positives only near box centres (see
+                :func:`fcos_match_locations_to_gt`); ``None``: the assignment's rule.
         """
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        _check_fcos_options(box_loss, center_sampling_radius)
         self.num_classes = num_classes
-        self.backbone = DetectorBackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained)
-        self.pred_net = FCOSPredictionNetwork(num_classes, fpn_channels, list(stem_channels))
+        self.box_loss = box_loss
+        self.center_sampling_radius = None if center_sampling_radius is None else float(center_sampling_radius)
+        self.backbone = DetectorBackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained, backbone=backbone,
+                                                backbone_weights=backbone_weights, p6p7=p6p7)
+        self.pred_net = FCOSPredictionNetwork(num_classes, fpn_channels, list(stem_channels), norm=head_norm)
         # Foreground locations per image, as an EMA. The losses are sums over locations divided by
         # it: dividing by the current batch's count instead makes the loss scale jump with the
         # number of objects in a batch (and explode for a batch with almost none). 150 is a
@@ -521,7 +623,8 @@ class FCOS(nn.Module):
         ### BEGIN SOLUTION
         # Targets: matched GT rows, deltas and centerness per location, concatenated over levels
         # in the same order as the predictions.
-        matched_per_level = match_locations_to_gt_batched(locations_per_fpn_level, strides_per_fpn_level, gt_boxes)
+        matched_per_level = match_locations_to_gt_batched(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
+                                                          center_sampling_radius=self.center_sampling_radius)
         matched_gt_boxes = torch.cat([matched_per_level[name] for name in locations_per_fpn_level], dim=1)  # [B, N, 5]
         matched_gt_deltas = torch.cat(
             [
@@ -553,6 +656,8 @@ class FCOS(nn.Module):
         # Box regression (0.25 * L1 on stride-normalised deltas) and centerness: foreground only.
         loss_box = 0.25 * F.l1_loss(pred_boxreg_deltas, matched_gt_deltas, reduction="none")
         loss_box = loss_box * is_foreground[..., None]
+        if self.box_loss == "giou":
+            loss_box = _giou_box_loss(pred_boxreg_deltas, matched_gt_deltas, is_foreground)
         ctr_targets = fcos_make_centerness_targets(matched_gt_deltas.reshape(-1, 4)).reshape(batch_size, -1)
         loss_ctr = F.binary_cross_entropy_with_logits(
             pred_ctr_logits.squeeze(-1), ctr_targets.clamp(min=0), reduction="none"
