@@ -39,10 +39,24 @@ from eecs598 import distributed as dist_utils
 from eecs598.hooks import CsvLogHook, PeriodicEvalHook, TensorBoardHook
 from eecs598.runtime import busy_cores as _busy_cores  # noqa: F401  (kept importable from here)
 from eecs598.runtime import choose_cpu_threads
+from eecs598.presets import PRESETS as RECIPE_PRESETS
+from eecs598.presets import get_preset
+
+PRESET_NAMES = tuple(RECIPE_PRESETS)
+from eecs598.backbones import BACKBONES
+
+BACKBONE_NAMES = tuple(BACKBONES)
+AUGMENT_CHOICES = {"none": None, "flip": {"flip_prob": 0.5, "scale_range": None},
+                   "flip-scale": {"flip_prob": 0.5, "scale_range": (0.8, 1.25)}}
+TTA_CHOICES = {"none": None, "flip": {"flip": True, "scales": (1.0,)},
+               "flip-scale": {"flip": True, "scales": (0.8, 1.0, 1.25)}}
 
 # Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
 RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
-                   "num_train", "num_val")
+                   "num_train", "num_val", "preset", "backbone", "backbone_weights", "head_norm", "box_loss",
+                   "center_sampling_radius", "p6p7")
+# Model options of FCOS, from --preset and the flags of the "recipe" group.
+MODEL_OPTION_KEYS = ("backbone", "backbone_weights", "p6p7", "head_norm", "box_loss", "center_sampling_radius")
 
 # Per-dataset defaults; every value can be overridden on the command line.
 PRESETS: Dict[str, Dict] = {
@@ -109,6 +123,22 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
                    help=f"start from ImageNet weights {_preset('pretrained')}")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone")
+    g = parser.add_argument_group("recipe options (eecs598/presets.py; flags override the preset)")
+    g.add_argument("--preset", choices=sorted(PRESET_NAMES), default="course",
+                   help="course (default: the assignment's detector and recipe) or improved (GIoU, centre "
+                        "sampling, GroupNorm head, flip + scale jitter, warm-up + clipping), improved_tta")
+    g.add_argument("--backbone", choices=BACKBONE_NAMES, default=None, help="trunk (default: regnet_x_400mf)")
+    g.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="load the trunk from this local state dict (no download)")
+    g.add_argument("--head-norm", choices=["none", "group"], default=None, help="GroupNorm in the head stems")
+    g.add_argument("--box-loss", choices=["l1", "giou"], default=None, help="box regression loss")
+    g.add_argument("--center-sampling", dest="center_sampling_radius", type=float, default=None, metavar="RADIUS",
+                   help="positives only within RADIUS strides of the box centre (0 disables)")
+    g.add_argument("--p6p7", dest="p6p7", action="store_true", default=None, help="add P6/P7 levels")
+    g.add_argument("--augment", choices=["none", "flip", "flip-scale"], default=None,
+                   help="on-device training augmentation: horizontal flip, and scale jitter 0.8-1.25")
+    g.add_argument("--tta", choices=["none", "flip", "flip-scale"], default=None,
+                   help="test-time augmentation at evaluation: flip, and scales 0.8/1/1.25")
     g = parser.add_argument_group("training")
     g.add_argument("--image-size", type=int, default=None, help=f"square input size in px {_preset('image_size')}")
     g.add_argument("--batch-size", type=int, default=None, help=_preset("batch_size"))
@@ -189,6 +219,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     for key, value in PRESETS[args.dataset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    apply_recipe_preset(args)
     # Refuse bad numbers now, not after generating data and training for minutes.
     for option, name, low in (("--batch-size", "batch_size", 1), ("--max-iters", "max_iters", 1),
                               ("--image-size", "image_size", 32), ("--num-workers", "num_workers", 0),
@@ -330,6 +361,25 @@ def cli(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def apply_recipe_preset(args: argparse.Namespace) -> None:
+    """Fill unset recipe options from ``--preset`` (eecs598/presets.py): model options, warm-up and clipping
+    (only where neither the command line nor a random-trunk fallback chose them), augmentation and TTA."""
+    recipe = get_preset(args.preset)
+    for key, value in recipe["model"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.head_norm == "none":
+        args.head_norm = None
+    if args.center_sampling_radius == 0:
+        args.center_sampling_radius = None
+    if args.preset != "course":
+        for key, value in recipe["train"].items():
+            if key not in args.explicit:
+                setattr(args, key, value)
+    args.augment = AUGMENT_CHOICES[args.augment] if args.augment is not None else recipe["augment"]
+    args.tta = TTA_CHOICES[args.tta] if args.tta is not None else recipe["tta"]
+
+
 def build_datasets(args):
     """Train and val datasets of the chosen kind."""
     if args.dataset == "shapes":
@@ -344,16 +394,15 @@ def build_datasets(args):
 
 def build_model(args, num_classes: int) -> torch.nn.Module:
     """FCOS; reports whether the ImageNet weights were really loaded (offline they are not)."""
-    import common
     from one_stage_detector import FCOS
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = FCOS(num_classes=num_classes, fpn_channels=args.fpn_channels, stem_channels=list(args.stem_channels),
-                     pretrained=args.pretrained)
+                     pretrained=args.pretrained, **{k: getattr(args, k) for k in MODEL_OPTION_KEYS})
     for w in caught:
         print(f"WARNING: {w.message}", file=sys.stderr)
-    args.pretrained_loaded = bool(args.pretrained) and os.path.isfile(common.imagenet_weights_path())
+    args.pretrained_loaded = model.backbone.weights_source != "random"
     if not args.pretrained_loaded and args.optimizer == "sgd":
         # Plain SGD at the assignment's LR diverges to NaN from a random backbone (within ~150 iterations):
         # switch to the stable recipe, unless the user chose the optimiser settings explicitly.
@@ -489,7 +538,8 @@ def run(args: argparse.Namespace) -> dict:
             "image_size", "batch_size", "max_iters", "learning_rate", "weight_decay", "optimizer", "warmup_iters",
             "grad_clip_norm", "ema_decay", "cls_loss_weight", "fpn_channels", "stem_channels", "pretrained",
             "pretrained_loaded", "device", "num_workers", "seed", "score_thresh", "nms_thresh", "data_dir",
-            "precision", "fused_optimizer", "no_step_sync", "image_cache", "compile_model")},
+            "precision", "fused_optimizer", "no_step_sync", "image_cache", "compile_model", "preset", "backbone",
+            "backbone_weights", "head_norm", "box_loss", "center_sampling_radius", "p6p7", "augment", "tta")},
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "processes": context.world_size,
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
@@ -554,7 +604,7 @@ def train(args, model, train_set, val_set, checkpoint_path: str, context) -> Dic
         warmup_iters=args.warmup_iters, grad_clip_norm=args.grad_clip_norm, ema_decay=args.ema_decay,
         loss_weights=None if args.cls_loss_weight == 1.0 else {"loss_cls": args.cls_loss_weight},
         precision=args.precision, fused_optimizer=args.fused_optimizer, sync_every_step=not args.no_step_sync,
-        image_cache=args.image_cache, compile_model=args.compile_model, distributed=context,
+        image_cache=args.image_cache, compile_model=args.compile_model, distributed=context, augment=args.augment,
         run_config={k: getattr(args, k) for k in RUN_CONFIG_KEYS}, checkpoint_path=checkpoint_path,
         checkpoint_period=args.checkpoint_period, resume=args.resume, extend=args.extend, plot=False,
         progress=not args.no_progress, hooks=hooks)
@@ -581,7 +631,7 @@ def evaluate(args, model, val_set):
     val_loader = DataLoader(val_set, batch_size=1, num_workers=min(args.num_workers, os.cpu_count() or 1))
     idx_to_class = val_set.dataset.idx_to_class if isinstance(val_set, Subset) else val_set.idx_to_class
     inference_with_detector(model, val_loader, idx_to_class, args.score_thresh, args.nms_thresh,
-                            output_dir=map_input, device=args.device, progress=not args.no_progress)
+                            output_dir=map_input, device=args.device, progress=not args.no_progress, tta=args.tta)
     result = evaluate_map(map_input, output_dir=os.path.join(args.run_dir, "mAP", "output"), plot=False)
     plot_ap_bars(result.ap, result.map, path=os.path.join(args.run_dir, "ap_per_class.png"))
     return result, val_set

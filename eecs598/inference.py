@@ -67,6 +67,7 @@ def inference_with_detector(
     device: str = "cpu",
     *,
     progress: bool = True,
+    tta: Optional[Dict] = None,
     detect=None,
 ) -> None:
     """Run a detector on every image of ``test_loader`` and draw or export its predictions.
@@ -89,10 +90,20 @@ def inference_with_detector(
         output_dir: None to draw, else the mAP input directory (e.g. ``"mAP/input"``).
         dtype, device: the detector and images are moved to these.
         progress: show a tqdm progress bar.
+        tta: test-time augmentation, e.g. ``{"flip": True, "scales": (1.0, 1.25)}``: candidates of the image,
+            its mirror and rescaled copies are merged before one class-specific NMS
+            (``eecs598.tta.detect_with_tta``). None: plain inference (the course's).
         detect: optional ``detect(detector, images, score_thresh, nms_thresh) -> (boxes, classes, scores)``
             used instead of calling ``detector`` (e.g. test-time augmentation).
     """
     _check_arguments(detector, test_loader, idx_to_class, score_thresh, nms_thresh)
+    if tta is not None:
+        if detect is not None:
+            raise ValueError("inference_with_detector: pass either tta or detect, not both")
+        from .tta import detect_with_tta
+
+        options = dict(tta)
+        detect = lambda model, images, score, nms: detect_with_tta(model, images, score, nms, **options)  # noqa: E731
     detector.to(dtype=dtype, device=device)
     detector.eval()
     writer = CartuchoWriter(output_dir, idx_to_class) if output_dir is not None else None

@@ -40,7 +40,7 @@ _RUNS = {}
 def run_fcos(dataset, iters=12, **options):
     """Train the tiny FCOS; runs with the same arguments are computed once per module (they are
     deterministic), so that several tests can compare against one reference run."""
-    key = (id(dataset), iters, tuple(sorted(options.items())))
+    key = (id(dataset), iters, repr(sorted(options.items())))
     if key not in _RUNS:
         _RUNS[key] = _train_fcos(dataset, iters, **options)
     return _RUNS[key]
@@ -49,8 +49,8 @@ def run_fcos(dataset, iters=12, **options):
 def _train_fcos(dataset, iters, **options):
     eecs598.reset_seed(0)
     model = make_fcos(num_classes=5, fpn_channels=16, stem_channels=(16,))
-    options = {"optimizer": "adamw", "learning_rate": 1e-3, **options}
-    history = train_detector(model, DataLoader(dataset, batch_size=4), max_iters=iters, log_period=4, plot=False,
+    options = {"optimizer": "adamw", "learning_rate": 1e-3, "log_period": 4, **options}
+    history = train_detector(model, DataLoader(dataset, batch_size=4), max_iters=iters, plot=False,
                              progress=False, data_seed=5, **options)
     return history, model
 
@@ -171,3 +171,35 @@ def test_extended_milestones_by_hand():
     settings = TrainSettings(max_iters=10, warmup_iters=2, warmup_factor=0.5)
     assert [learning_rate_factor(t, settings) for t in (0, 1, 2, 6, 9)] == pytest.approx(
         [0.5, 0.75, 1.0, 0.1, 0.01])
+
+
+class StopAfter:
+    """Hook: raise after iteration ``n`` (a crash between checkpoints)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def after_step(self, trainer):
+        if trainer.state.iteration == self.n:
+            raise RuntimeError("simulated crash")
+
+
+def test_on_device_augmentation_changes_the_batches_and_resumes_exactly(shapes, tmp_path):
+    augment = {"flip_prob": 0.5, "scale_range": (0.8, 1.25)}
+    plain, _ = run_fcos(shapes, iters=4)
+    augmented, _ = run_fcos(shapes, iters=4, augment=augment)
+    assert augmented["total"][0] != plain["total"][0]  # the very first batch is already transformed
+    checkpoint = str(tmp_path / "ckpt.pt")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_fcos(shapes, 4, augment=augment, checkpoint_path=checkpoint, checkpoint_period=2, hooks=[StopAfter(3)])
+    resumed, _ = _train_fcos(shapes, 4, augment=augment, checkpoint_path=checkpoint, checkpoint_period=2, resume=True)
+    assert resumed == augmented
+
+
+def test_augment_settings_are_validated():
+    with pytest.raises(ValueError, match="augment\\['flip_prob'\\] must be in \\[0, 1\\]"):
+        TrainSettings(augment={"flip_prob": 2})
+    with pytest.raises(ValueError, match="scale_range"):
+        TrainSettings(augment={"scale_range": (1.5, 0.5)})
+    with pytest.raises(ValueError, match="keys 'flip_prob' and/or 'scale_range'"):
+        TrainSettings(augment={"flip": 0.5})

@@ -281,3 +281,26 @@ def test_fcos_trains_and_exports_on_voc_sample(voc_sample_dir, tmp_path):
     inference_with_detector(model, DataLoader(val_set, batch_size=1), train_set.idx_to_class, 0.05, 0.5,
                             output_dir=str(tmp_path), progress=False)
     assert len(os.listdir(tmp_path / "ground-truth")) == 3 and len(os.listdir(tmp_path / "detection-results")) == 3
+
+
+def test_tta_option_merges_mirrored_candidates_and_is_plain_inference_when_off(tmp_path, shapes_val):
+    from conftest import make_fcos
+
+    torch.manual_seed(0)
+    model = make_fcos(num_classes=5, fpn_channels=16, stem_channels=(16,)).eval()
+    loader = DataLoader(shapes_val, batch_size=1)
+    names = shapes_val.idx_to_class
+    plain, off, flip = (str(tmp_path / name) for name in ("plain", "off", "flip"))
+    inference_with_detector(model, loader, names, 0.05, 0.5, output_dir=plain, progress=False)
+    inference_with_detector(model, loader, names, 0.05, 0.5, output_dir=off, progress=False,
+                            tta={"flip": False, "scales": (1.0,)})
+    inference_with_detector(model, loader, names, 0.05, 0.5, output_dir=flip, progress=False,
+                            tta={"flip": True, "scales": (1.0,)})
+    assert _folder_bytes(off) == _folder_bytes(plain)  # TTA with nothing to add is plain inference
+    det = lambda root: sorted(os.listdir(os.path.join(root, "detection-results")))  # noqa: E731
+    assert det(flip) == det(plain)
+    # The mirrored pass adds candidates before NMS: the merged set differs from the plain one.
+    assert _folder_bytes(os.path.join(flip, "detection-results")) != _folder_bytes(os.path.join(plain, "detection-results"))
+    with pytest.raises(ValueError, match="either tta or detect"):
+        inference_with_detector(model, loader, names, 0.05, 0.5, output_dir=flip, progress=False,
+                                tta={"flip": True}, detect=lambda *a: None)

@@ -212,3 +212,27 @@ def test_the_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "train_fcos.py: error: --cls-loss-weight must be a finite number >= 0, got -1.0 (see train_fcos.py --help)"]
     assert not (tmp_path / "shapes").exists()
+
+
+def test_improved_preset_sets_the_recipe_and_eval_only_rebuilds_that_model(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = ["--dataset", "shapes", "--data-dir", str(tmp_path / "shapes"), "--run-dir", str(run_dir), *TINY,
+            "--preset", "improved", "--box-loss", "l1", "--tta", "flip"]
+    metrics = train_fcos.main(argv)
+    settings = metrics["settings"]
+    # From the preset: GroupNorm head, centre sampling, flip + scale jitter; --box-loss overrides the preset's GIoU.
+    assert (settings["head_norm"], settings["center_sampling_radius"], settings["box_loss"]) == ("group", 1.5, "l1")
+    assert settings["augment"] == {"flip_prob": 0.5, "scale_range": (0.8, 1.25)}
+    assert settings["tta"] == {"flip": True, "scales": (1.0,)}
+    # --eval-only without the recipe flags: the checkpoint's model options rebuild the same model.
+    again = train_fcos.main(["--dataset", "shapes", "--data-dir", str(tmp_path / "shapes"), "--run-dir", str(run_dir),
+                             *TINY, "--eval-only", "--tta", "flip"])
+    assert again["settings"]["head_norm"] == "group" and again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-12)
+
+
+def test_course_preset_is_the_default_model():
+    args = train_fcos.parse_args(["--dataset", "shapes"])
+    assert args.preset == "course"
+    assert (args.backbone, args.head_norm, args.box_loss, args.center_sampling_radius, args.p6p7) == (
+        "regnet_x_400mf", None, "l1", None, False)
+    assert args.augment is None and args.tta is None
