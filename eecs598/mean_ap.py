@@ -673,14 +673,14 @@ def plot_ap_bars(ap: Dict[str, float], map_value: float, path: Optional[str] = N
             fig = Figure(figsize=size)
             ax = fig.add_subplot()
     fig = ax.figure
-    values = [v for _, v in items]
+    values = [100 * v for _, v in items]  # percent, the unit of the title (Cartucho mixes 0-1 bars, % title)
     ax.barh(range(len(items)), values, color="royalblue")
     for i, v in enumerate(values):
-        ax.text(v, i, " {0:.2f}".format(v), va="center", color="royalblue", fontweight="bold")
+        ax.text(v, i, " {0:.1f}%".format(v), va="center", color="royalblue", fontweight="bold")
     ax.set_yticks(range(len(items)))
     ax.set_yticklabels([name for name, _ in items])
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel("Average Precision")
+    ax.set_xlim(0, 115)
+    ax.set_xlabel("Average Precision (%)")
     ax.set_title("mAP = {0:.2f}%".format(map_value * 100))
     fig.tight_layout()
     if path is not None:

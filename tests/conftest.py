@@ -21,6 +21,17 @@ VOC_SAMPLE_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "voc
 torch.set_flush_denormal(True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for every test module, its module fixtures included (conftest autouse fixtures are
+    set up first). Bit-identity checks need a fixed thread count (the split of a convolution's reduction over
+    threads changes the rounding), and on a shared 2-core machine one thread per test process is fastest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def voc_sample_dir():
     """Path of ../shared/data/voc07-sample (48 real VOC 2007 images); skips when it is absent."""

@@ -31,15 +31,6 @@ from tiny_training import TinyDataset, TinyDetector, assert_message, assert_same
     train_tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the whole module (bit-identity holds for a fixed thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def no_child_left_running():
     """A failing test must not leave a forked training process behind."""

@@ -25,16 +25,6 @@ from tiny_training import (NAN, INF, RandomAugment, Scalar, TinyDataset, TinyDet
                            train_tiny_fcos)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the whole module, module-scoped fixtures included. Bit-identity holds for a fixed
-    thread count: the split of a convolution's reduction over threads changes the rounding."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shapes_train(tmp_path_factory):
     """8 train Shapes images of 64 x 64 px, generated once for the module."""

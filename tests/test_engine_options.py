@@ -14,14 +14,6 @@ from eecs598.engine import TrainSettings, extended_milestones, learning_rate_fac
 from eecs598.shapes import generate_shapes_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FOUR = []  # the fixed 4-image subset, one object per module (its id keys the run cache)
 
 

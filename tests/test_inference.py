@@ -25,14 +25,6 @@ from eecs598.mean_ap import evaluate_map
 from tiny_training import NAN, NUM_CLASSES, assert_message, tiny_shapes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shapes_val(tmp_path_factory):
     return tiny_shapes(tmp_path_factory.mktemp("shapes"))[1]

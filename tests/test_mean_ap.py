@@ -235,8 +235,10 @@ def test_plot_ap_bars_sorts_ascending(tmp_path):
     fig = plot_ap_bars({"cat": 0.9, "dog": 0.1, "cow": 0.5}, 0.5, path=str(tmp_path / "p.png"))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dog", "cow", "cat"]
-    assert [p.get_width() for p in ax.patches] == [0.1, 0.5, 0.9]
-    assert ax.get_title() == "mAP = 50.00%"
+    # Bars and their labels in percent, the title's unit.
+    assert [p.get_width() for p in ax.patches] == pytest.approx([10.0, 50.0, 90.0])
+    assert [t.get_text() for t in ax.texts] == [" 10.0%", " 50.0%", " 90.0%"]
+    assert ax.get_title() == "mAP = 50.00%" and ax.get_xlabel() == "Average Precision (%)"
     assert os.path.getsize(tmp_path / "p.png") > 1000
 
 
