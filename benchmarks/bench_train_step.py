@@ -129,38 +129,38 @@ def make_batch(seed: int = 0):
     return images, gt_boxes, targets
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(N) first (default: torch's default; 1 on a busy machine)")
-    args = parser.parse_args()
-    set_threads(args.threads)
+def make_step(model, inputs):
+    """One SGD training step of ``model`` on ``inputs()`` as a closure."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
-    print(__doc__.split("\n")[0])
-    print(describe_machine())
-    torch.manual_seed(0)
-    images, gt_boxes, targets = make_batch()
-    print(f"batch {BATCH} x 3 x {SIZE} x {SIZE}, {int((gt_boxes[..., 4] >= 0).sum())} GT boxes, "
-          f"{NUM_CLASSES} classes, FPN and stems {CHANNELS} channels, SGD(lr=1e-4, momentum=0.9)\n")
+    def step():
+        losses = model(*inputs())
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    return step
 
-    ours = FCOS(NUM_CLASSES, CHANNELS, [CHANNELS, CHANNELS], pretrained=False).train()
+
+def training_steps(ours, images, gt_boxes, targets):
+    """The contenders: our FCOS (channels-last by construction), torchvision's FCOS with its GroupNorm head,
+    with Identity norms (the same convs as ours), and the latter with channels-last weights too."""
     tv_gn, tv_plain = build_torchvision_fcos(True).train(), build_torchvision_fcos(False).train()
     # torchvision's transform must hand the network the images unchanged (no resize, no padding).
     batched, _ = tv_gn.transform(list(images), copy.deepcopy(targets))
     assert batched.tensors.shape == images.shape and torch.equal(batched.tensors, images)
+    # (torchvision's transform re-batches the images as NCHW, so only its weights can be converted.)
+    tv_plain_nhwc = copy.deepcopy(tv_plain).to(memory_format=torch.channels_last)
+    return {
+        "ours": make_step(ours, lambda: (images, gt_boxes)),
+        "torchvision (GroupNorm head)": make_step(tv_gn, lambda: (list(images), targets)),
+        "torchvision (Identity norm)": make_step(tv_plain, lambda: (list(images), targets)),
+        "torchvision (Identity norm), channels_last": make_step(tv_plain_nhwc, lambda: (list(images), targets)),
+    }, tv_plain
 
-    def make_step(model, inputs):
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
-        def step():
-            losses = model(*inputs())
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-        return step
-
-    # Our post-head code: FCOS.forward with the backbone and head replaced by cached outputs.
+def pieces_outside_the_network(ours, tv_plain, images, gt_boxes, targets):
+    """Closures timing what surrounds the network: our targets + loss (FCOS.forward with cached backbone and
+    head outputs), our assignment alone, and torchvision's transform + anchors + loss."""
     with torch.no_grad():
         features = ours.backbone(images)
         head_outputs = ours.pred_net(features)
@@ -170,73 +170,39 @@ def main():
     post_head.pred_net = _CachedHead(head_outputs)
     strides = ours.backbone.fpn_strides
     locations = get_fpn_location_coords({k: v.shape for k, v in features.items()}, strides)
-
-    def targets_and_loss():
-        losses = post_head(images, gt_boxes)
-        sum(losses.values()).backward()
-
-    def assignment_only():
-        matched = match_locations_to_gt_batched(locations, strides, gt_boxes)
-        deltas = [fcos_get_deltas_from_locations(locations[k], matched[k], strides[k]) for k in locations]
-        return [fcos_make_centerness_targets(d) for d in deltas]
-
-    # The proposed change (see the end of the output): channels-last memory layout. oneDNN's CPU
-    # convolutions (RegNet's grouped ones especially) are faster on NHWC data; converting the
-    # input images makes every conv output NHWC, converting the weights avoids a reorder per conv.
-    # torchvision's model gets the same treatment for comparison (its transform re-batches the
-    # images as NCHW, so only its weights can be converted).
-    ours_nhwc = copy.deepcopy(ours).to(memory_format=torch.channels_last)
-    images_nhwc = images.contiguous(memory_format=torch.channels_last)
-    tv_plain_nhwc = copy.deepcopy(tv_plain).to(memory_format=torch.channels_last)
-    # torchvision's code around the same network: transform, anchors, compute_loss (+ backward).
     tv_images, _ = tv_plain.transform(list(images), targets)
     tv_features = list(tv_plain.backbone(tv_images.tensors).values())
     with torch.no_grad():
         tv_head_outputs = {k: v.detach().requires_grad_() for k, v in tv_plain.head(tv_features).items()}
     tv_features = [f.detach() for f in tv_features]
 
+    def targets_and_loss():
+        sum(post_head(images, gt_boxes).values()).backward()
+
+    def assignment_only():
+        matched = match_locations_to_gt_batched(locations, strides, gt_boxes)
+        deltas = [fcos_get_deltas_from_locations(locations[k], matched[k], strides[k]) for k in locations]
+        return [fcos_make_centerness_targets(d) for d in deltas]
+
     def torchvision_rest():
         image_list, tv_targets = tv_plain.transform(list(images), targets)
         anchors = tv_plain.anchor_generator(image_list, tv_features)
         num_anchors_per_level = [f.size(2) * f.size(3) for f in tv_features]
-        losses = tv_plain.compute_loss(tv_targets, tv_head_outputs, anchors, num_anchors_per_level)
-        sum(losses.values()).backward()
+        sum(tv_plain.compute_loss(tv_targets, tv_head_outputs, anchors, num_anchors_per_level).values()).backward()
 
-    steps = {
-        "ours": make_step(ours, lambda: (images, gt_boxes)),
-        "torchvision (GroupNorm head)": make_step(tv_gn, lambda: (list(images), targets)),
-        "torchvision (Identity norm)": make_step(tv_plain, lambda: (list(images), targets)),
-        "ours, channels_last": make_step(ours_nhwc, lambda: (images_nhwc, gt_boxes)),
-        "torchvision (Identity norm), channels_last": make_step(tv_plain_nhwc, lambda: (list(images), targets)),
-    }
-    times = time_interleaved(steps, repeats=args.repeats, warmup=1)
-    # The pieces outside the network take milliseconds: more repeats, so that a process switch on a
-    # shared machine (which costs milliseconds too) does not decide the median.
-    pieces = {
-        "ours: targets + loss": targets_and_loss,
-        "  of which matching, deltas, centerness": assignment_only,
-        "torchvision: transform, anchors, loss": torchvision_rest,
-    }
-    times.update(time_interleaved(pieces, repeats=10 * args.repeats, warmup=2))
+    return {"ours: targets + loss": targets_and_loss, "  of which matching, deltas, centerness": assignment_only,
+            "torchvision: transform, anchors, loss": torchvision_rest}
+
+
+def report(times, steps, pieces, repeats: int) -> None:
     t = {name: median(values) for name, values in times.items()}
-
-    print(f"training steps: median of {args.repeats} interleaved repeats after a warm-up "
+    print(f"training steps: median of {repeats} interleaved repeats after a warm-up "
           f"(load average now {load_average()}); ratio = median over rounds of ours / this")
     print(f"{'':45s}{'seconds':>9s}{'ratio':>8s}")
-    ratio = {}
+    ratio = {name: paired_ratio(times["ours"], times[name]) if name != "ours" else 1.0 for name in steps}
     for name in steps:
-        ours_name = "ours" if "channels_last" not in name else "ours, channels_last"
-        ratio[name] = paired_ratio(times[ours_name], times[name]) if name != ours_name else 1.0
-        note = ""
-        if name == "ours, channels_last":
-            ratio[name] = paired_ratio(times[name], times["ours"])
-            note = "  (= ours NHWC / ours NCHW: the effect of the proposed change)"
-            print("with channels_last memory layout (images and weights; the proposed change):")
-        elif "channels_last" in name:
-            note = "  (= ours NHWC / this: both NHWC)"
-        print(f"{name:45s}{t[name]:9.3f}{ratio[name]:8.2f}{note}")
-
-    print(f"\noutside the network (forward and backward), median of {10 * args.repeats} repeats:")
+        print(f"{name:45s}{t[name]:9.3f}{ratio[name]:8.2f}")
+    print(f"\noutside the network (forward and backward), median of {10 * repeats} repeats:")
     for name in pieces:
         print(f"  {name:45s}{1e3 * t[name]:8.1f} ms")
     share = t["ours: targets + loss"] / t["ours"]
@@ -245,10 +211,32 @@ def main():
     print(f"\ngoal ratio ours / torchvision <= 1.0: {ratio['torchvision (GroupNorm head)']:.2f} vs torchvision's "
           f"GroupNorm head, {ratio['torchvision (Identity norm)']:.2f} vs the same head without norm (the same convs "
           "as ours): " + ("met" if worst <= 1.0 else "NOT met"))
-    nhwc_vs_tv = paired_ratio(times["ours, channels_last"], times["torchvision (Identity norm)"])
-    print(f"  with the proposed channels_last change: {nhwc_vs_tv:.2f} vs torchvision as shipped (NCHW, Identity norm)")
     print(f"goal target assignment + loss < 10% of our step: {100 * share:.1f}%: "
           + ("met" if share < 0.10 else "NOT met"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads(N) first (default: torch's default; 1 on a busy machine)")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    print(__doc__.split("\n")[0])
+    print(describe_machine())
+    torch.manual_seed(0)
+    images, gt_boxes, targets = make_batch()
+    print(f"batch {BATCH} x 3 x {SIZE} x {SIZE}, {int((gt_boxes[..., 4] >= 0).sum())} GT boxes, "
+          f"{NUM_CLASSES} classes, FPN and stems {CHANNELS} channels, SGD(lr=1e-4, momentum=0.9)\n")
+    ours = FCOS(NUM_CLASSES, CHANNELS, [CHANNELS, CHANNELS], pretrained=False).train()
+    steps, tv_plain = training_steps(ours, images, gt_boxes, targets)
+    pieces = pieces_outside_the_network(ours, tv_plain, images, gt_boxes, targets)
+    times = time_interleaved(steps, repeats=args.repeats, warmup=1)
+    # The pieces outside the network take milliseconds: more repeats, so that a process switch on a
+    # shared machine (which costs milliseconds too) does not decide the median.
+    times.update(time_interleaved(pieces, repeats=10 * args.repeats, warmup=2))
+    report(times, steps, pieces, args.repeats)
+
 
 if __name__ == "__main__":
     main()
