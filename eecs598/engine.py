@@ -919,6 +919,8 @@ def train_detector(
         history = trainer.train()
     finally:
         del batches  # shuts the loader's workers down
+        if hasattr(detector, "check_input_values"):
+            detector.check_input_values = True
     if ema is not None:
         detector.load_state_dict(ema.state)
     if context.is_main:
@@ -959,6 +961,8 @@ def _prepare_model(detector: nn.Module, device: torch.device, context, sync_ever
     detector.train()
     if not sync_every_step and hasattr(detector, "keep_normalizer_on_device"):
         detector.keep_normalizer_on_device(device)
+    if not sync_every_step and hasattr(detector, "check_input_values"):
+        detector.check_input_values = False  # value checks copy to the host; the guard catches bad values
     if compile_model:
         for part in (getattr(detector, "backbone", None), getattr(detector, "pred_net", None)):
             if part is not None:
