@@ -108,7 +108,10 @@ def _giou_box_loss(pred_deltas: torch.Tensor, gt_deltas: torch.Tensor, is_foregr
     """
     fg = is_foreground[..., None]
     gt_deltas = torch.where(fg, gt_deltas, torch.ones_like(gt_deltas))
-    pred_deltas = pred_deltas.clamp(min=0)
+    # Clamp at 0 as the decoding does, but let the gradient through unchanged (straight-through): with a
+    # plain clamp, a coordinate predicted negative gets no gradient, and a head whose deltas all went
+    # negative (seen on Shapes from a random trunk) predicts degenerate boxes forever.
+    pred_deltas = pred_deltas + (pred_deltas.clamp(min=0) - pred_deltas).detach()
     signs = pred_deltas.new_tensor([-1.0, -1.0, 1.0, 1.0])
     loss = generalized_box_iou_loss(pred_deltas * signs, gt_deltas * signs, reduction="none")
     return (loss * is_foreground)[..., None]

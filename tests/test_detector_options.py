@@ -463,3 +463,20 @@ def test_presets_are_valid_keyword_arguments():
     assert PRESETS["improved"]["model"]["box_loss"] == "giou"
     with pytest.raises(ValueError, match="unknown preset 'best'.*course"):
         get_preset("best")
+
+
+def test_giou_loss_revives_negative_box_predictions():
+    """Deltas predicted negative decode to a degenerate box (clamped at 0, as at inference); the GIoU loss must
+    still push them up, else a head whose deltas all went negative never recovers (seen on Shapes)."""
+    from one_stage_detector import _giou_box_loss
+
+    gt = torch.tensor([[[2.0, 2.0, 2.0, 2.0]]])  # a 4x4 box centred on the location
+    pred = torch.tensor([[[-0.5, -0.1, 1.0, -2.0]]], requires_grad=True)
+    loss = _giou_box_loss(pred, gt, torch.tensor([[True]]))
+    # Forward as at inference: (-0.5, -0.1, 1, -2) clamps to (0, 0, 1, 0): a zero-area box, IoU 0; the smallest
+    # enclosing box is the GT (area 16), so GIoU = 0 - (16 - 16) / 16 = 0 and the loss is 1 - GIoU = 1.
+    assert loss.item() == pytest.approx(1.0)
+    loss.sum().backward()
+    # With a plain clamp every gradient here is 0 (t and b are clamped; with zero height, l and r do not
+    # change the overlap): the head would be stuck. Straight through, the height grows first.
+    assert (pred.grad <= 0).all() and pred.grad[0, 0, 1] < 0 and pred.grad[0, 0, 3] < 0, pred.grad.tolist()
