@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile tests
 
-# The demo recipe: the Shapes settings (AdamW, 100-iteration warm-up, clipping at 5) with the "improved" model and
-# augmentation (GroupNorm head, GIoU, centre sampling, flip + scale jitter), 1400 iterations, flip TTA at evaluation.
-DEMO_RECIPE := --preset improved --warmup-iters 100 --grad-clip 5 --max-iters 1400 --tta flip
+# The demo recipe: the Shapes settings (AdamW, 100-iteration warm-up, clipping at 5) with the "improved" model
+# (GroupNorm head, GIoU, centre sampling; no augmentation: it slows learning in so short a run), 1600 iterations,
+# flip TTA at evaluation.
+DEMO_RECIPE := --preset improved --augment none --warmup-iters 100 --grad-clip 5 --max-iters 1600 --tta flip
 
 demo: $(STAMP)
 	$(PY) train_fcos.py --dataset shapes $(DEMO_RECIPE) --run-dir runs/shapes-demo
