@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .mean_ap import BoxFiles, _check_pairs, read_box_files
+from .mean_ap import BoxFiles, read_input_folders
 
 __all__ = [
     "COCO_METRIC_NAMES",
@@ -232,14 +232,7 @@ def evaluate_coco(
         ValueError: a malformed line (``file:line`` in the message) or no ground-truth box.
     """
     require_pycocotools()  # before reading any file
-    if gt_dir is None or det_dir is None:
-        if input_dir is None:
-            raise ValueError("evaluate_coco needs input_dir, or both gt_dir and det_dir")
-        gt_dir = gt_dir or os.path.join(input_dir, "ground-truth")
-        det_dir = det_dir or os.path.join(input_dir, "detection-results")
-    gt = read_box_files(gt_dir, "gt")
-    det = read_box_files(det_dir, "det")
-    _check_pairs(gt, det, gt_dir, det_dir)  # now gt.file_ids == det.file_ids
+    gt, det = read_input_folders("evaluate_coco", input_dir, gt_dir, det_dir)
     result = coco_evaluate(gt, det, quiet=quiet)
     if output_json is not None:
         os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)

@@ -83,6 +83,8 @@ __all__ = [
     "BoxFiles",
     "MapResult",
     "read_box_files",
+    "read_input_folders",
+    "CartuchoWriter",
     "Matching",
     "match_detections",
     "compute_map",
@@ -693,6 +695,28 @@ def plot_ap_bars(ap: Dict[str, float], map_value: float, path: Optional[str] = N
 # ----------------------------------------------------------------------------------------------
 
 
+def read_input_folders(caller: str, input_dir: Optional[str], gt_dir: Optional[str] = None,
+                       det_dir: Optional[str] = None) -> Tuple[BoxFiles, BoxFiles]:
+    """Read and pair ``ground-truth/`` and ``detection-results/`` (of ``input_dir``, unless given directly).
+
+    Returns:
+        ``(gt, det)`` with ``gt.file_ids == det.file_ids``.
+
+    Raises:
+        ValueError: neither ``input_dir`` nor both folders given (``caller`` names the function), a malformed
+            line, or no ground truth; FileNotFoundError: a missing folder or an unpaired file.
+    """
+    if gt_dir is None or det_dir is None:
+        if input_dir is None:
+            raise ValueError(f"{caller} needs input_dir, or both gt_dir and det_dir")
+        gt_dir = gt_dir or os.path.join(input_dir, "ground-truth")
+        det_dir = det_dir or os.path.join(input_dir, "detection-results")
+    gt = read_box_files(gt_dir, "gt")
+    det = read_box_files(det_dir, "det")
+    _check_pairs(gt, det, gt_dir, det_dir)
+    return gt, det
+
+
 def evaluate_map(
     input_dir: Optional[str] = None,
     min_overlap: float = 0.5,
@@ -726,14 +750,7 @@ def evaluate_map(
             ``min_overlap`` outside ``[0, 1]``.
     """
     min_overlap = _check_min_overlap(min_overlap)  # before reading any file
-    if gt_dir is None or det_dir is None:
-        if input_dir is None:
-            raise ValueError("evaluate_map needs input_dir, or both gt_dir and det_dir")
-        gt_dir = gt_dir or os.path.join(input_dir, "ground-truth")
-        det_dir = det_dir or os.path.join(input_dir, "detection-results")
-    gt = read_box_files(gt_dir, "gt")
-    det = read_box_files(det_dir, "det")
-    _check_pairs(gt, det, gt_dir, det_dir)  # now gt.file_ids == det.file_ids
+    gt, det = read_input_folders("evaluate_map", input_dir, gt_dir, det_dir)
     result = compute_map(gt, det, min_overlap=min_overlap)
     if not quiet:
         print("\n".join(result.lines()))
