@@ -504,9 +504,9 @@ class FCOS(nn.Module):
         otherwise drive it towards 0 and multiply the next normal batch's losses by ~50.
         """
         count = is_foreground.sum().to(torch.float64)
-        batch_size = torch.tensor(float(is_foreground.shape[0]), dtype=torch.float64, device=count.device)
+        batch_size = float(is_foreground.shape[0])
         if self.distributed_reduce is not None:
-            count, batch_size = self.distributed_reduce(torch.stack([count, batch_size]))
+            count, batch_size = self.distributed_reduce(torch.stack([count, count.new_tensor(batch_size)]))
         floor = 0.5 * self._normalizer_anchor
         if isinstance(self._normalizer, torch.Tensor):
             updated = 0.9 * self._normalizer + 0.1 * count / batch_size

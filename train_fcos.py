@@ -37,7 +37,6 @@ from a4_helper import (IMAGENET_MEAN, IMAGENET_STD, ShapesDetection, VOC2007Dete
                        plot_loss_history, train_detector)
 from eecs598 import distributed as dist_utils
 from eecs598.hooks import CsvLogHook, PeriodicEvalHook, TensorBoardHook
-from eecs598.runtime import busy_cores as _busy_cores  # noqa: F401  (kept importable from here)
 from eecs598.runtime import choose_cpu_threads
 from eecs598.presets import PRESETS as RECIPE_PRESETS
 from eecs598.presets import get_preset

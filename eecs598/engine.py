@@ -318,14 +318,11 @@ class NonFiniteGuard:
             # Host values (FCOS keeps a Python float here when sync=True): no device sync.
             self.saved_training_state = self.module.training_state()
 
-    def restore_buffers(self) -> None:
+    def restore(self) -> None:
+        """Undo what the current step's forward pass changed: the buffers and the training state."""
         with torch.no_grad():
             if self.buffers:
                 torch._foreach_copy_(self.buffers, self.saved)
-
-    def restore(self) -> None:
-        """Undo what the current step's forward pass changed: the buffers and the training state."""
-        self.restore_buffers()
         if self.saved_training_state is not None and hasattr(self.module, "load_training_state"):
             self.module.load_training_state(self.saved_training_state)
 
@@ -347,17 +344,17 @@ class NonFiniteGuard:
             return
         iteration = int(self.first_bad_iteration)
         values = dict(zip(names, self.first_bad_values.tolist()))
-        raise_non_finite(iteration, values, skipped_from=iteration)
+        raise_non_finite(iteration, values, later_steps_skipped=True)
 
 
-def raise_non_finite(iteration: int, values: Dict[str, float], skipped_from: Optional[int] = None,
+def raise_non_finite(iteration: int, values: Dict[str, float], later_steps_skipped: bool = False,
                      grad_norm: Optional[float] = None) -> None:
     """Raise the engine's ``FloatingPointError`` describing the bad step and the model's state."""
     bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v) and k != "total")
     what = f"non-finite gradient norm ({grad_norm})" if grad_norm is not None else "non-finite loss"
     state = (f"The detector holds exactly the weights and buffers after iteration {iteration - 1} (the last good "
              f"step; iteration {iteration} changed nothing"
-             + (", later steps were skipped" if skipped_from is not None else "") + ").")
+             + (", later steps were skipped" if later_steps_skipped else "") + ").")
     raise FloatingPointError(
         f"train_detector: {what} at iteration {iteration}: {bad or values}. {state} From a random backbone use "
         f"**FROM_SCRATCH (AdamW, warm-up, clipping), or lower learning_rate / set grad_clip_norm.")
@@ -427,18 +424,16 @@ class LossLog:
         self.names = names
         self.pending.append(values)
 
-    def flush(self, keep: Optional[int] = None) -> Optional[List[float]]:
-        """Move pending rows to ``history`` (only the first ``keep`` if given); returns the last row."""
+    def flush(self) -> Optional[List[float]]:
+        """Move pending rows to ``history``; returns the last row (None if nothing was pending)."""
         if not self.pending:
             return None
         rows = torch.stack(self.pending).cpu().tolist()
         self.pending = []
-        if keep is not None:
-            rows = rows[:keep]
         for row in rows:
             for name, value in zip(self.names, row):
                 self.history.setdefault(name, []).append(value)
-        return rows[-1] if rows else None
+        return rows[-1]
 
     def ordered(self) -> Dict[str, List[float]]:
         """History with ``"total"`` last (the order the losses are logged in)."""
@@ -660,7 +655,8 @@ class Trainer:
 class CheckpointHook:
     """Saves the full training state every ``period`` iterations and at the end (atomically)."""
 
-    def __init__(self, path: str, period: int, save_state: Callable[[], Dict[str, Any]], is_writer: bool = True):
+    def __init__(self, path: str, period: int, save_state: Callable[["Trainer"], Dict[str, Any]],
+                 is_writer: bool = True):
         self.path, self.period, self.save_state, self.is_writer = path, period, save_state, is_writer
 
     def after_step(self, trainer: Trainer) -> None:
@@ -668,7 +664,7 @@ class CheckpointHook:
         if iteration % self.period == 0 or iteration == trainer.settings.max_iters:
             trainer.sync()  # never save a state the guard has not checked
             if self.is_writer:
-                ckpt.save_atomic(self.save_state(), self.path)
+                ckpt.save_atomic(self.save_state(trainer), self.path)
 
 
 class ConsoleLogHook:
@@ -775,10 +771,8 @@ def _restore(path: str, settings: TrainSettings, extend: bool, detector, optimiz
     return settings, TrainState(**saved["state"]), LossLog(saved["history"])
 
 
-def _checkpoint_saver(trainer_ref: List[Trainer], detector, optimizer, ema,
-                      run_config: Optional[Dict[str, Any]]) -> Callable[[], Dict[str, Any]]:
-    def state() -> Dict[str, Any]:
-        trainer = trainer_ref[0]
+def _checkpoint_saver(detector, optimizer, ema, run_config: Optional[Dict[str, Any]]) -> Callable[[Trainer], Dict[str, Any]]:
+    def state(trainer: Trainer) -> Dict[str, Any]:
         return {
             "format": ckpt.CHECKPOINT_FORMAT, "settings": trainer.settings.as_dict(),
             "state": dataclasses.asdict(trainer.state), "model": detector.state_dict(),
@@ -906,15 +900,13 @@ def train_detector(
         state.data_seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if data_seed is None else int(data_seed)
 
     batches, advance = _make_batches(train_loader, dataset, settings, state, device, image_cache, context, progress)
-    trainer_ref: List[Trainer] = []
     all_hooks = [ConsoleLogHook(log_period, progress, is_writer=context.is_main), *hooks]
     if checkpoint_path is not None:
-        saver = _checkpoint_saver(trainer_ref, detector, optimizer, ema, run_config)
+        saver = _checkpoint_saver(detector, optimizer, ema, run_config)
         all_hooks.append(CheckpointHook(checkpoint_path, checkpoint_period, saver, is_writer=context.is_main))
     trainer = Trainer(detector, model, optimizer, settings, batches, advance, device, state, log, ema,
                       sync_period=1 if sync_every_step else log_period, hooks=all_hooks,
                       reduce_values=_mean_over_processes if context.enabled else None, rank=context.rank)
-    trainer_ref.append(trainer)
     try:
         history = trainer.train()
     finally:
