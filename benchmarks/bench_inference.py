@@ -15,7 +15,7 @@ inference + Cartucho/mAP file writing + evaluation on Shapes images (CPU).
    Also timed: backbone + head alone, so that the rest (decoding, NMS, for torchvision also its
    transform) shows.
 2) Throughput: ``a4_helper.inference_with_detector`` (writing the Cartucho files) and
-   ``eecs598.mean_ap.evaluate_map`` over the 300 validation images of a freshly generated Shapes
+   ``eecs598.evaluation.mean_ap.evaluate_map`` over the 300 validation images of a freshly generated Shapes
    dataset (128x128, 5 classes; generated in a temporary folder), with a random ``FCOS(5, 128,
    [128, 128])`` whose class weights are re-drawn with std 0.05 (so that scores differ) and box
    biases set to 2.0; score threshold = the median score, so about half of the 336 locations of
@@ -95,8 +95,8 @@ def latency(repeats: int):
 def throughput(repeats: int):
     try:
         import a4_helper
-        from eecs598.mean_ap import evaluate_map
-        from eecs598.shapes import generate_shapes_dataset
+        from eecs598.evaluation.mean_ap import evaluate_map
+        from eecs598.data.shapes import generate_shapes_dataset
     except ImportError as error:
         print(f"throughput part skipped: {error}")
         return

@@ -1,4 +1,4 @@
-"""Train and evaluate FCOS with named recipes (``eecs598.presets``) at the same budget, one command.
+"""Train and evaluate FCOS with named recipes (``eecs598.recipes``) at the same budget, one command.
 
 VOC (needs a GPU for the real budget; the pre-cropped copy in ../shared/data/voc07-224 is enough):
 
@@ -31,18 +31,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import eecs598  # noqa: E402
 from a4_helper import ShapesDetection, VOC2007DetectionTiny, inference_with_detector, train_detector  # noqa: E402
-from eecs598.mean_ap import evaluate_map  # noqa: E402
-from eecs598.presets import PRESETS, get_preset  # noqa: E402
+from eecs598.evaluation.mean_ap import evaluate_map  # noqa: E402
+from eecs598 import recipes  # noqa: E402
+from eecs598.recipes import PRESETS, get_preset  # noqa: E402
 from one_stage_detector import FCOS  # noqa: E402
 from shapes_options import Augmented, WithTTA  # noqa: E402
 
-# The dataset's own settings (train_fcos.PRESETS): every recipe preset runs with these.
-DATASETS = {
-    "voc": dict(image_size=224, batch_size=16, iters=9000, optimizer="sgd", learning_rate=8e-3, fpn_channels=128,
-                stem_channels=[128, 128], loss_weights=None),
-    "shapes": dict(image_size=128, batch_size=8, iters=4000, optimizer="adamw", learning_rate=2e-3, fpn_channels=64,
-                   stem_channels=[64, 64], loss_weights={"loss_cls": 2.0}),
-}
+
+
+def _dataset_settings(name):
+    """The dataset's own settings (eecs598.recipes.DATASETS): every recipe preset runs with these."""
+    d = recipes.DATASETS[name]
+    return dict(image_size=d["image_size"], batch_size=d["batch_size"], iters=d["max_iters"], optimizer=d["optimizer"],
+                learning_rate=d["learning_rate"], fpn_channels=d["fpn_channels"], stem_channels=d["stem_channels"],
+                loss_weights=None if d["cls_loss_weight"] == 1.0 else {"loss_cls": d["cls_loss_weight"]})
+
+
+DATASETS = {name: _dataset_settings(name) for name in ("voc", "shapes")}
 THRESHOLDS = ((0.4, 0.6), (0.05, 0.5))
 
 

@@ -13,7 +13,6 @@ on 2 CPU cores (FPN/stems 64, 128 px, batch 8).
 """
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -22,20 +21,22 @@ import warnings
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import eecs598  # noqa: E402
 from a4_helper import ShapesDetection, inference_with_detector, train_detector  # noqa: E402
-from eecs598.augment import random_flip_scale  # noqa: E402
-from eecs598.mean_ap import evaluate_map  # noqa: E402
-from eecs598.tta import detect_with_tta  # noqa: E402
+from eecs598.data.augment import random_flip_scale  # noqa: E402
+from eecs598.evaluation.mean_ap import evaluate_map  # noqa: E402
+from eecs598.models.tta import detect_with_tta  # noqa: E402
+from eecs598.recipes import DATASETS  # noqa: E402
 from one_stage_detector import FCOS  # noqa: E402
 
-# The Shapes demo recipe (train_fcos.PRESETS["shapes"]): AdamW 2e-3, warm-up 100, clipping 5, loss_cls x2.
-SHAPES_TRAIN = dict(optimizer="adamw", learning_rate=2e-3, weight_decay=1e-4, warmup_iters=100, grad_clip_norm=5.0,
-                    loss_weights={"loss_cls": 2.0})
+# The Shapes recipe (eecs598.recipes.DATASETS["shapes"]): AdamW 2e-3, warm-up 100, clipping 5, loss_cls x2.
+SHAPES_TRAIN = {k: DATASETS["shapes"][k] for k in ("optimizer", "learning_rate", "weight_decay", "warmup_iters",
+                                                     "grad_clip_norm")}
+SHAPES_TRAIN["loss_weights"] = {"loss_cls": DATASETS["shapes"]["cls_loss_weight"]}
 # The course's VOC optimiser (plain SGD, lr 8e-3) from a random trunk, with a warm-up: the spike study.
 SGD_SCRATCH = dict(optimizer="sgd", learning_rate=8e-3, weight_decay=1e-4, warmup_iters=100, grad_clip_norm=None)
 
@@ -61,7 +62,7 @@ SPIKE_RUNS = {
 
 
 class Augmented(Dataset):
-    """A detection dataset whose training samples are flipped / rescaled (``eecs598.augment``). The draws
+    """A detection dataset whose training samples are flipped / rescaled (``eecs598.data.augment``). The draws
     use torch's global RNG, which ``train_detector`` seeds per sample: runs are reproducible."""
 
     def __init__(self, dataset, **augment):

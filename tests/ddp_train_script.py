@@ -10,7 +10,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.
 import eecs598  # noqa: E402
 from a4_helper import ShapesDetection, train_detector  # noqa: E402
 from conftest import make_fcos  # noqa: E402
-from eecs598.distributed import convert_sync_batchnorm, init_from_environment, shard_batch_size  # noqa: E402
+from eecs598.train.distributed import convert_sync_batchnorm, init_from_environment, shard_batch_size  # noqa: E402
 from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 

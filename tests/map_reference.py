@@ -1,9 +1,9 @@
 """Reference mAP: Cartucho/mAP ``main.py``'s algorithm restated one detection at a time.
 
-Plain Python, no NumPy, kept literal so that it is obviously correct; ``eecs598.mean_ap`` must
+Plain Python, no NumPy, kept literal so that it is obviously correct; ``eecs598.evaluation.mean_ap`` must
 agree with it. Differences from ``main.py``: files are parsed once (not once per class), bad input
 is not diagnosed, blank lines are skipped, and precision is 0 where TP + FP == 0 (``main.py``
-divides 0/0 there; the value cannot change AP, see ``eecs598.mean_ap._class_pr``).
+divides 0/0 there; the value cannot change AP, see ``eecs598.evaluation.mean_ap._class_pr``).
 """
 import glob
 import os

@@ -4,20 +4,21 @@ The behaviour itself is tested where it lives: tests/test_datasets.py, test_engi
 test_inference.py.
 """
 import a4_helper
-import eecs598.checkpoint
-import eecs598.datasets
-import eecs598.engine
-import eecs598.inference
+import eecs598.train.checkpoint
+import eecs598.data
+import eecs598.recipes
+import eecs598.train
+import eecs598.evaluation.inference
 import eecs598.utils
 
 # Where each re-exported name lives, typed out by hand (a4_helper's docstring lists the same).
 HOMES = {
-    "VOC2007DetectionTiny": eecs598.datasets, "ShapesDetection": eecs598.datasets,
-    "DetectionJsonDataset": eecs598.datasets, "download_voc2007": eecs598.datasets,
-    "resize_crop_geometry": eecs598.datasets, "map_boxes_to_crop": eecs598.datasets,
-    "VOC_CLASSES": eecs598.datasets, "IMAGENET_MEAN": eecs598.datasets, "IMAGENET_STD": eecs598.datasets,
-    "train_detector": eecs598.engine, "FROM_SCRATCH": eecs598.engine, "TrainSettings": eecs598.engine,
-    "load_checkpoint": eecs598.checkpoint, "inference_with_detector": eecs598.inference,
+    "VOC2007DetectionTiny": eecs598.data, "ShapesDetection": eecs598.data,
+    "DetectionJsonDataset": eecs598.data, "download_voc2007": eecs598.data,
+    "resize_crop_geometry": eecs598.data, "map_boxes_to_crop": eecs598.data,
+    "VOC_CLASSES": eecs598.data, "IMAGENET_MEAN": eecs598.data, "IMAGENET_STD": eecs598.data,
+    "train_detector": eecs598.train, "FROM_SCRATCH": eecs598.recipes, "TrainSettings": eecs598.train,
+    "load_checkpoint": eecs598.train.checkpoint, "inference_with_detector": eecs598.evaluation.inference,
     "plot_loss_history": eecs598.utils,
 }
 

@@ -1,4 +1,4 @@
-"""Tests of eecs598.analysis: the one-pass threshold sweep against separate runs, the error types on
+"""Tests of eecs598.evaluation.sweeps and .errors (``python -m eecs598.analysis``): the one-pass threshold sweep against separate runs, the error types on
 hand-built cases, the confusion matrix, and the evaluator's exposed matching against the reference."""
 import contextlib
 import csv
@@ -16,8 +16,10 @@ from map_reference import read_input, reference_ap
 from test_mean_ap import make_input, write_random_input
 
 from a4_helper import ShapesDetection, inference_with_detector
-from eecs598 import analysis
-from eecs598.mean_ap import evaluate_map, match_detections, read_box_files, voc_ap
+from eecs598.evaluation import errors as error_analysis
+from eecs598.evaluation import sweeps
+from eecs598.evaluation.cartucho import read_box_files
+from eecs598.evaluation.mean_ap import evaluate_map, match_detections, voc_ap
 
 try:
     import pycocotools  # noqa: F401
@@ -61,10 +63,10 @@ def test_sweep_equals_separate_runs(shapes_and_model, tmp_path):
     dataset, model = shapes_and_model
     # Images in reverse file order: the Cartucho files are ranked by file name, not by loader order.
     loader = DataLoader(Subset(dataset, list(range(len(dataset)))[::-1]), batch_size=1)
-    pool = analysis.collect_detections(model, loader, dataset.idx_to_class, min_score=0.05, progress=False)
+    pool = sweeps.collect_detections(model, loader, dataset.idx_to_class, min_score=0.05, progress=False)
     assert pool.image_ids == ["000005", "000004", "000003", "000002", "000001", "000000"]
     score_threshs, nms_threshs = (0.05, 0.2, 0.4), (0.3, 0.5, 0.6)
-    rows = analysis.sweep_thresholds(pool, score_threshs, nms_threshs)
+    rows = sweeps.sweep_thresholds(pool, score_threshs, nms_threshs)
     assert [(r["score_thresh"], r["nms_thresh"]) for r in rows] == [(s, n) for s in score_threshs
                                                                     for n in nms_threshs]
     for row in rows:
@@ -91,23 +93,23 @@ def test_sweep_equals_separate_runs(shapes_and_model, tmp_path):
 
 def test_sweep_table_csv_plot_and_threshold_checks(shapes_and_model, tmp_path):
     dataset, model = shapes_and_model
-    pool = analysis.collect_detections(model, DataLoader(dataset, batch_size=1), dataset.idx_to_class,
+    pool = sweeps.collect_detections(model, DataLoader(dataset, batch_size=1), dataset.idx_to_class,
                                        min_score=0.2, progress=False)
     with pytest.raises(ValueError, match="below the pool's min_score 0.2"):
         pool.keep(0.1, 0.5)
     with pytest.raises(ValueError, match="nms_thresh must be a number in"):
         pool.keep(0.3, 1.5)
-    rows = analysis.sweep_thresholds(pool, (0.2, 0.4), (0.5, 0.6))
-    table = analysis.format_sweep_table(rows).splitlines()
+    rows = sweeps.sweep_thresholds(pool, (0.2, 0.4), (0.5, 0.6))
+    table = sweeps.format_sweep_table(rows).splitlines()
     assert table[0] == "| mAP (score \\ NMS) | 0.5 | 0.6 |" and len(table) == 4
     assert table[2].startswith("| 0.2 | ") and table[2].endswith("% |")
-    analysis.write_sweep_csv(rows, str(tmp_path / "sweep.csv"))
+    sweeps.write_sweep_csv(rows, str(tmp_path / "sweep.csv"))
     with open(tmp_path / "sweep.csv") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == 4 and float(lines[1]["nms_thresh"]) == 0.6 and float(lines[2]["score_thresh"]) == 0.4
     assert {f"AP_{c}" for c in rows[0]["ap_per_class"]} <= set(lines[0])
     assert float(lines[0]["mAP"]) == rows[0]["mAP"]
-    analysis.plot_sweep(rows, path=str(tmp_path / "sweep.png"))
+    sweeps.plot_sweep(rows, path=str(tmp_path / "sweep.png"))
     assert os.path.getsize(tmp_path / "sweep.png") > 0
 
 
@@ -131,13 +133,13 @@ HAND_DET = [
 def test_each_error_type_on_a_hand_built_image(tmp_path):
     input_dir = make_input(tmp_path, {"img": HAND_GT}, {"img": HAND_DET})
     gt, det = read_input_dir(input_dir)
-    errors = analysis.analyze_errors(gt, det)
+    errors = error_analysis.analyze_errors(gt, det)
     assert errors.class_names == ["cat", "dog"]
     assert errors.matching.tp.tolist() == [True, False, False, False, False, False]
-    types = [None if t < 0 else analysis.FP_TYPES[t] for t in errors.fp_type]
+    types = [None if t < 0 else error_analysis.FP_TYPES[t] for t in errors.fp_type]
     assert types == [None, "duplicate", "wrong_class", "poor_localisation", "background", "background"]
     assert errors.confused_gt.tolist() == [-1, -1, 1, -1, -1, -1]  # the wrong-class cat points at dog B
-    misses = [None if t < 0 else analysis.MISS_TYPES[t] for t in errors.miss_type]
+    misses = [None if t < 0 else error_analysis.MISS_TYPES[t] for t in errors.miss_type]
     assert misses == [None, "wrong_class", "not_detected", "poor_localisation"]  # A found; B, C, D missed
     assert errors.fp_counts() == {"wrong_class": 1, "poor_localisation": 1, "duplicate": 1, "background": 2}
     assert errors.miss_counts() == {"wrong_class": 1, "poor_localisation": 1, "not_detected": 1}
@@ -152,7 +154,7 @@ def test_each_error_type_on_a_hand_built_image(tmp_path):
     assert errors.per_class()["dog"] == {"tp": 0, "wrong_class": 0, "poor_localisation": 1, "duplicate": 0,
                                          "background": 2, "missed_wrong_class": 1, "missed_poor_localisation": 1,
                                          "missed_not_detected": 0}
-    summary = analysis.format_error_summary(errors)
+    summary = error_analysis.format_error_summary(errors)
     assert "false positives: 5 = wrong_class 1 (20%), poor_localisation 1 (20%), duplicate 1 (20%), " \
            "background 2 (40%)" in summary
 
@@ -162,27 +164,27 @@ def test_thresholds_move_the_boundaries(tmp_path):
     gt, det = read_input_dir(input_dir)
     # With a TP IoU of 0.35 the dog at IoU 0.39 is a true positive on D, and the dog at IoU 0.39 on
     # cat C becomes a wrong-class detection (C then counts as a wrong-class miss).
-    errors = analysis.analyze_errors(gt, det, min_overlap=0.35)
-    types = [None if t < 0 else analysis.FP_TYPES[t] for t in errors.fp_type]
+    errors = error_analysis.analyze_errors(gt, det, min_overlap=0.35)
+    types = [None if t < 0 else error_analysis.FP_TYPES[t] for t in errors.fp_type]
     assert types == [None, "duplicate", "wrong_class", None, "background", "wrong_class"]
-    assert [None if t < 0 else analysis.MISS_TYPES[t] for t in errors.miss_type] == [None, "wrong_class",
+    assert [None if t < 0 else error_analysis.MISS_TYPES[t] for t in errors.miss_type] == [None, "wrong_class",
                                                                                      "wrong_class", None]
     # background_iou above 0.39 turns the poorly localised dog into background, and D into not_detected.
-    errors = analysis.analyze_errors(gt, det, background_iou=0.4)
-    assert analysis.FP_TYPES[errors.fp_type[3]] == "background"
-    assert analysis.MISS_TYPES[errors.miss_type[3]] == "not_detected"
+    errors = error_analysis.analyze_errors(gt, det, background_iou=0.4)
+    assert error_analysis.FP_TYPES[errors.fp_type[3]] == "background"
+    assert error_analysis.MISS_TYPES[errors.miss_type[3]] == "not_detected"
     with pytest.raises(ValueError, match="background_iou"):
-        analysis.analyze_errors(gt, det, background_iou=0.6)
+        error_analysis.analyze_errors(gt, det, background_iou=0.6)
 
 
 def test_difficult_boxes_are_neither_errors_nor_misses(tmp_path):
     input_dir = make_input(tmp_path, {"img": ["cat 10 10 50 50", "dog 100 100 150 150 difficult"]},
                            {"img": ["dog 0.9 100 100 150 150", "cat 0.8 100 100 150 150", "cat 0.7 10 10 50 50"]})
     gt, det = read_input_dir(input_dir)
-    errors = analysis.analyze_errors(gt, det)
+    errors = error_analysis.analyze_errors(gt, det)
     assert errors.matching.ignored.tolist() == [True, False, False]
     # The cat on the difficult dog is not a wrong-class error: difficult boxes count neither way.
-    assert errors.fp_type.tolist() == [-1, analysis.FP_TYPES.index("background"), -1]
+    assert errors.fp_type.tolist() == [-1, error_analysis.FP_TYPES.index("background"), -1]
     assert errors.miss_type.tolist() == [-1, -1]
     assert errors.confusion.tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 0]]
 
@@ -203,7 +205,7 @@ def test_match_detections_reproduces_the_reference_ap(tmp_path):
         precision = np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=tp + fp > 0)
         assert abs(voc_ap(tp / n_gt, precision) - ap) <= 1e-12, name
     # and the error analysis of the same data: every FP has one type, every non-difficult miss one type
-    errors = analysis.analyze_errors(gt, det)
+    errors = error_analysis.analyze_errors(gt, det)
     assert ((errors.fp_type >= 0) == m.fp).all()
     found = np.zeros(len(gt), dtype=bool)
     found[m.best_gt[m.tp]] = True
@@ -214,12 +216,12 @@ def test_match_detections_reproduces_the_reference_ap(tmp_path):
 
 def test_figures_and_cli(shapes_and_model, tmp_path, capsys):
     dataset, model = shapes_and_model
-    pool = analysis.collect_detections(model, DataLoader(dataset, batch_size=1), dataset.idx_to_class,
+    pool = sweeps.collect_detections(model, DataLoader(dataset, batch_size=1), dataset.idx_to_class,
                                        min_score=0.05, progress=False)
     gt, det = pool.box_files(pool.keep(0.2, 0.5))
-    errors = analysis.analyze_errors(gt, det)
-    summary = analysis.write_error_analysis(errors, gt, det, pool.evaluate(0.05, 0.5), str(tmp_path / "out"),
-                                            load_image=analysis.image_loader(dataset), num_images=4)
+    errors = error_analysis.analyze_errors(gt, det)
+    summary = error_analysis.write_error_analysis(errors, gt, det, pool.evaluate(0.05, 0.5), str(tmp_path / "out"),
+                                            load_image=error_analysis.image_loader(dataset), num_images=4)
     for name in ("errors.txt", "errors.png", "confusion_matrix.png", "pr_curves.png", "worst_images.png"):
         assert os.path.getsize(tmp_path / "out" / name) > 0, name
     assert summary["false_positives"] == errors.fp_counts()
@@ -227,12 +229,12 @@ def test_figures_and_cli(shapes_and_model, tmp_path, capsys):
     assert errors.worst_files(3) == sorted(range(6), key=lambda f: -(errors.image_fp[f] + errors.image_missed[f]))[:3]
 
     input_dir = make_input(tmp_path / "input", {"img": HAND_GT}, {"img": HAND_DET})
-    assert analysis.main([input_dir, "--output", str(tmp_path / "cli"), "--score-thresh", "0.45"]) == 0
+    assert error_analysis.main([input_dir, "--output", str(tmp_path / "cli"), "--score-thresh", "0.45"]) == 0
     out = capsys.readouterr().out
     # score > 0.45 drops the last dog: 4 false positives remain
     assert "false positives: 4 = wrong_class 1 (25%), poor_localisation 1 (25%), duplicate 1 (25%)" in out
     assert os.path.isfile(tmp_path / "cli" / "confusion_matrix.png")
-    assert analysis.main([str(tmp_path / "nowhere")]) == 2
+    assert error_analysis.main([str(tmp_path / "nowhere")]) == 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,11 +257,11 @@ def test_train_fcos_writes_the_analysis_outputs(tmp_path, capsys):
     # The sweep's row at the run's own setting (score 0.05, NMS 0.5) is the run's mAP.
     (own,) = [r for r in metrics["sweep"] if (r["score_thresh"], r["nms_thresh"]) == (0.05, 0.5)]
     assert own["mAP"] == metrics["mAP"]
-    assert len(metrics["sweep"]) == len(analysis.DEFAULT_SCORE_THRESHS) * len(analysis.DEFAULT_NMS_THRESHS)
+    assert len(metrics["sweep"]) == len(sweeps.DEFAULT_SCORE_THRESHS) * len(sweeps.DEFAULT_NMS_THRESHS)
     assert metrics["errors"]["score_thresh"] == 0.4 and set(metrics["errors"]["false_positives"]) == set(
-        analysis.FP_TYPES)
+        error_analysis.FP_TYPES)
     if HAVE_PYCOCOTOOLS:
-        from eecs598.coco_eval import evaluate_coco
+        from eecs598.evaluation.coco import evaluate_coco
 
         direct = evaluate_coco(str(tmp_path / "run" / "mAP" / "input"), quiet=True)
         assert metrics["coco"] == direct.metrics()

@@ -3,7 +3,7 @@ hand (pixel blocks whose new position is known, box corners through the document
 import pytest
 import torch
 
-from eecs598.augment import (draw_flip_scale_params, flip_scale_batch, hflip, random_flip_scale,
+from eecs598.data.augment import (draw_flip_scale_params, flip_scale_batch, hflip, random_flip_scale,
                              random_flip_scale_batch, scale_jitter, transform_boxes)
 
 PAD = [-1.0] * 5

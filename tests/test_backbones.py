@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 import common
 from common import DetectorBackboneWithFPN
-from eecs598 import backbones
-from eecs598.backbones import BACKBONES, EfficientNetLite0, build_classifier
+from eecs598.models import backbones
+from eecs598.models.backbones import BACKBONES, EfficientNetLite0, build_classifier
 from one_stage_detector import FCOS
 
 try:

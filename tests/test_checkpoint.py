@@ -1,4 +1,4 @@
-"""Tests of eecs598.checkpoint and of resuming training: atomic writes, verified reads, kills at any moment.
+"""Tests of eecs598.train.checkpoint and of resuming training: atomic writes, verified reads, kills at any moment.
 
 - Damaged checkpoints (truncated, empty, garbage, a flipped bit, a foreign file) give an error naming the file
   and are left alone; a crash while writing never replaces the last good checkpoint and leaves no temporary.
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from a4_helper import load_checkpoint
-from eecs598.checkpoint import CheckpointError, check_writable, remove_orphan_partials, save_atomic
+from eecs598.train.checkpoint import CheckpointError, check_writable, remove_orphan_partials, save_atomic
 from kill_harness import TrainingChild, partial_files, train_shapes_fcos, train_tiny_detector
 from torch.utils.data import DataLoader
 

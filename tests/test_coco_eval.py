@@ -1,4 +1,4 @@
-"""Tests of eecs598.coco_eval: agreement with pycocotools called directly on the same boxes, the box
+"""Tests of eecs598.evaluation.coco: agreement with pycocotools called directly on the same boxes, the box
 convention on hand-computed cases, difficult boxes, the command line, and the message without pycocotools."""
 import json
 import random
@@ -9,7 +9,7 @@ import pytest
 
 from test_mean_ap import make_input
 
-from eecs598 import coco_eval
+from eecs598.evaluation import coco as coco_eval
 
 try:
     import pycocotools  # noqa: F401

@@ -1,4 +1,4 @@
-"""Tests of eecs598.datasets: the JSON datasets (real VOC sample and synthetic files), images, the VOC download.
+"""Tests of eecs598.data: the JSON datasets (real VOC sample and synthetic files), images, the VOC download.
 
 - The course's VOC JSON on 48 real VOC 2007 images (``voc_sample_dir``): sizes, classes, boxes mapped by hand
   through the resize and centre crop, and the geometry against torchvision's own transforms.
@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-import eecs598.datasets
+import eecs598.data
+import eecs598.data.download
 from a4_helper import DetectionJsonDataset, ShapesDetection, VOC2007DetectionTiny, download_voc2007
-from eecs598.datasets import DownloadError, ImageFileError, load_rgb_image, resize_crop_geometry
+from eecs598.data import DownloadError, ImageFileError, load_rgb_image, resize_crop_geometry
 from tiny_training import INF, NAN, assert_message
 
 # The 20 VOC classes in alphabetical order, typed out by hand.
@@ -421,8 +422,8 @@ def voc_files(monkeypatch):
         info.size = len(jpeg.getvalue())
         tar.addfile(info, io.BytesIO(jpeg.getvalue()))
     files = {"VOCtrainval_06-Nov-2007.tar": tar_bytes.getvalue(), "voc07_train.json": b"[]", "voc07_val.json": b"[1]"}
-    monkeypatch.setattr(eecs598.datasets, "VOC_FILES_MD5", {n: hashlib.md5(d).hexdigest() for n, d in files.items()})
-    monkeypatch.setattr(eecs598.datasets, "VOC_NUM_TRAINVAL_IMAGES", 1)
+    monkeypatch.setattr(eecs598.data.download, "VOC_FILES_MD5", {n: hashlib.md5(d).hexdigest() for n, d in files.items()})
+    monkeypatch.setattr(eecs598.data.download, "VOC_NUM_TRAINVAL_IMAGES", 1)
     return files
 
 
@@ -536,7 +537,7 @@ def test_ctrl_c_during_a_download_leaves_no_temporary_file(tmp_path, server, voc
 def test_a_damaged_tar_is_reported_and_nothing_half_extracted_remains(tmp_path, server, voc_files, monkeypatch):
     damaged = voc_files["VOCtrainval_06-Nov-2007.tar"][:700]  # cut inside the JPEG member
     server.routes.update(voc_files, **{"VOCtrainval_06-Nov-2007.tar": damaged})
-    monkeypatch.setitem(eecs598.datasets.VOC_FILES_MD5, "VOCtrainval_06-Nov-2007.tar", hashlib.md5(damaged).hexdigest())
+    monkeypatch.setitem(eecs598.data.download.VOC_FILES_MD5, "VOCtrainval_06-Nov-2007.tar", hashlib.md5(damaged).hexdigest())
     with pytest.raises(DownloadError) as error:
         download_voc2007(str(tmp_path), url_base=server.url, progress=False)
     assert_message(error.value, "VOCtrainval_06-Nov-2007.tar", "damaged")

@@ -416,7 +416,7 @@ def test_invalid_options_have_clear_errors():
 
 
 def test_course_preset_is_exactly_the_default_detector():
-    from eecs598.presets import get_preset
+    from eecs598.recipes import get_preset
 
     course = get_preset("course")
     assert course["augment"] is None and course["tta"] is None
@@ -435,13 +435,13 @@ def test_presets_are_valid_keyword_arguments():
     import inspect
 
     import a4_helper
-    from eecs598.augment import random_flip_scale
-    from eecs598.presets import PRESETS, get_preset
-    from eecs598.tta import detect_with_tta
+    from eecs598.data.augment import random_flip_scale
+    from eecs598.recipes import PRESETS, get_preset
+    from eecs598.models.tta import detect_with_tta
 
     import dataclasses
 
-    from eecs598.engine import TrainSettings
+    from eecs598.train import TrainSettings
 
     # train_detector's own keywords plus the TrainSettings fields it takes as **options
     train_parameters = set(inspect.signature(a4_helper.train_detector).parameters)

@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from eecs598.distributed import shard_batch_size
-from eecs598.sampling import ResumableBatchSampler
-from eecs598.shapes import generate_shapes_dataset
+from eecs598.train.distributed import shard_batch_size
+from eecs598.data.sampling import ResumableBatchSampler
+from eecs598.data.shapes import generate_shapes_dataset
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(TESTS_DIR, "ddp_train_script.py")
@@ -28,7 +28,7 @@ def test_synced_batchnorm_equals_batchnorm_over_the_whole_batch():
     """GlooSyncBatchNorm in a process group of one is nn.BatchNorm2d: outputs, input gradients, statistics."""
     import torch.distributed as dist
 
-    from eecs598.distributed import GlooSyncBatchNorm
+    from eecs598.train.distributed import GlooSyncBatchNorm
 
     dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:0")
     try:

@@ -1,4 +1,4 @@
-"""Tests of eecs598.engine (``train_detector``): the loop, the schedule, determinism, faults inside a step.
+"""Tests of eecs598.train (``train_detector``): the loop, the schedule, determinism, faults inside a step.
 
 - The loop and its numbers, on fakes whose result is known by hand (``Scalar``: loss = w).
 - Determinism: ``eecs598.reset_seed`` + the same data -> bit-identical runs of the real tiny FCOS, also with
@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from a4_helper import train_detector
+from eecs598.train.hooks import HookBase
 from tiny_training import (NAN, INF, RandomAugment, Scalar, TinyDataset, TinyDetector, assert_message,
                            assert_same_state, snapshot, tiny_fcos, tiny_shapes, time_limit, train_tiny,
                            train_tiny_fcos)
@@ -137,7 +138,7 @@ def test_worker_processes_give_the_same_bit_identical_run(shapes_train, referenc
 # Faults inside a step: the detector keeps the state of the last completed step (issue 10, item 1)
 # ==================================================================================================
 
-class Snapshots:
+class Snapshots(HookBase):
     """Hook: a copy of every parameter, buffer and the training state before training and after each step."""
 
     def __init__(self, model):
@@ -267,7 +268,7 @@ def test_ctrl_c_during_the_optimiser_step_completes_that_step_first(shapes_train
     snapshots = Snapshots(model)
     after_step = {}
 
-    class InterruptOptimizer:
+    class InterruptOptimizer(HookBase):
         def before_train(self, trainer):
             trainer.optimizer.register_step_pre_hook(_at_call(FAIL_AT, lambda *args: signal.raise_signal(
                 signal.SIGINT)))
@@ -288,7 +289,7 @@ def test_a_failing_hook_leaves_the_state_after_its_step(shapes_train):
     model = tiny_fcos()
     snapshots = Snapshots(model)
 
-    class FailingHook:
+    class FailingHook(HookBase):
         def after_step(self, trainer):
             if trainer.state.iteration == FAIL_AT:
                 raise OSError(28, "No space left on device")

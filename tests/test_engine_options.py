@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, Dataset
 import eecs598
 from a4_helper import ShapesDetection, load_checkpoint, train_detector
 from conftest import make_fcos
-from eecs598.engine import TrainSettings, extended_milestones, learning_rate_factor
-from eecs598.shapes import generate_shapes_dataset
+from eecs598.train import HookBase, TrainSettings, extended_milestones, learning_rate_factor
+from eecs598.data.shapes import generate_shapes_dataset
 
 
 FOUR = []  # the fixed 4-image subset, one object per module (its id keys the run cache)
@@ -165,7 +165,7 @@ def test_extended_milestones_by_hand():
         [0.5, 0.75, 1.0, 0.1, 0.01])
 
 
-class StopAfter:
+class StopAfter(HookBase):
     """Hook: raise after iteration ``n`` (a crash between checkpoints)."""
 
     def __init__(self, n):

@@ -1,6 +1,5 @@
 """Training hooks: results.csv rows and resume, TensorBoard scalars (skipped without the extra)."""
 import csv
-import os
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from a4_helper import train_detector
-from eecs598.hooks import CsvLogHook, TensorBoardHook
+from eecs598.train.hooks import CsvLogHook, TensorBoardHook
 
 
 class Quadratic(nn.Module):

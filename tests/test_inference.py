@@ -1,4 +1,4 @@
-"""Tests of eecs598.inference (``inference_with_detector``) and the all-or-nothing Cartucho file writer.
+"""Tests of eecs598.evaluation.inference (``inference_with_detector``) and the all-or-nothing Cartucho file writer.
 
 - The files written for each image (one pair per image, also without predictions), by hand.
 - Arguments refused before any work, with messages naming the argument and the value received.
@@ -17,11 +17,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import eecs598
-import eecs598.mean_ap
+import eecs598.evaluation.cartucho
 from a4_helper import FROM_SCRATCH, DetectionJsonDataset, VOC2007DetectionTiny, inference_with_detector, \
     train_detector
 from conftest import make_fcos
-from eecs598.mean_ap import evaluate_map
+from eecs598.evaluation.mean_ap import evaluate_map
 from tiny_training import NAN, NUM_CLASSES, assert_message, tiny_shapes
 
 
@@ -223,7 +223,7 @@ def test_an_error_while_swapping_the_folders_in_puts_the_old_ones_back(tmp_path,
             raise OSError(5, "Input/output error")
         return real_replace(source, target)
 
-    monkeypatch.setattr(eecs598.mean_ap.os, "replace", replace)
+    monkeypatch.setattr(eecs598.evaluation.cartucho.os, "replace", replace)
     with pytest.raises(OSError, match="Input/output error"):
         inference_with_detector(ScriptedDetector(), DataLoader(ListDataset(_inference_items()), batch_size=1), NAMES,
                                 0.3, 0.5, output_dir=str(out), progress=False)
@@ -293,6 +293,4 @@ def test_tta_option_merges_mirrored_candidates_and_is_plain_inference_when_off(t
     assert det(flip) == det(plain)
     # The mirrored pass adds candidates before NMS: the merged set differs from the plain one.
     assert _folder_bytes(os.path.join(flip, "detection-results")) != _folder_bytes(os.path.join(plain, "detection-results"))
-    with pytest.raises(ValueError, match="either tta or detect"):
-        inference_with_detector(model, loader, names, 0.05, 0.5, output_dir=flip, progress=False,
-                                tta={"flip": True}, detect=lambda *a: None)
+

@@ -1,11 +1,11 @@
-"""Tests of the course kit: eecs598.release, eecs598.grade (with eecs598.kit), eecs598.submit.
+"""Tests of the course kit: eecs598.staff.release, eecs598.staff.grade (with eecs598.staff), eecs598.tools.submit.
 
 The round trip the course relies on, end to end:
 
 - the release replaces exactly the marked regions: putting the solution's regions back gives the
   solution files byte for byte; it imports, its stubs name themselves, its notebook stops at the first
   unimplemented function with that name, and its student tests skip (and pass once the solution is in);
-- grading: the solution (submitted as the zip ``eecs598.submit`` writes) gets full marks, the untouched
+- grading: the solution (submitted as the zip ``eecs598.tools.submit`` writes) gets full marks, the untouched
   release zero for every graded function, and each planted bug of ``eecs598/kit/bugs`` loses exactly
   the points of the function it breaks and no others; a hanging function hits its time limit, a network
   call fails, a module that does not import costs only its own file's functions.
@@ -23,10 +23,11 @@ import zipfile
 
 import pytest
 
-from eecs598 import grade, release, submit
-from eecs598.kit import bugs as kit_bugs
-from eecs598.kit import checks as kit_checks
-from eecs598.kit import runner, selftest
+from eecs598.staff import grade, release
+from eecs598.tools import submit
+from eecs598.staff import bugs as kit_bugs
+from eecs598.staff import checks as kit_checks
+from eecs598.staff import runner, selftest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = ("common.py", "one_stage_detector.py")
@@ -189,16 +190,53 @@ def test_release_ships_student_files_only(release_dir):
     assert {"common.py", "one_stage_detector.py", "one_stage_detector.ipynb", "a4_helper.py", "README.md",
             "requirements.txt", "eecs598/submit.py", "eecs598/mean_ap.py", "tests/test_common.py",
             "tests/test_one_stage_detector.py", "tests/conftest.py"} <= set(shipped)
-    leaked = [path for path in shipped if path.startswith("eecs598/kit") or path in ("eecs598/grade.py", "eecs598/release.py")]
+    leaked = [path for path in shipped if path.startswith("eecs598/staff") or path in ("eecs598/grade.py", "eecs598/release.py")]
     assert not leaked and not any(path.startswith(("benchmarks", "train_fcos")) for path in shipped)
+    assert "eecs598/tools/model_report.py" in shipped and "eecs598/evaluation/mean_ap.py" in shipped
     for path in shipped:
         text = _read(os.path.join(release_dir, path))
-        assert "BEGIN SOLUTION" not in text and "eecs598.kit" not in text, path
+        assert "BEGIN SOLUTION" not in text and "eecs598.staff" not in text, path
     readme = _read(os.path.join(release_dir, "README.md"))
     assert "| `one_stage_detector.py` | `FCOS.inference` |" in readme and "python -m eecs598.submit" in readme
     notebook = json.loads(_read(os.path.join(release_dir, "one_stage_detector.ipynb")))
     assert all(cell["outputs"] == [] and cell["execution_count"] is None
                for cell in notebook["cells"] if cell["cell_type"] == "code")
+
+
+def test_every_module_the_release_ships_imports_there(release_dir):
+    """Each shipped module imports in the release alone (the solution's checkout is not on the path): a module
+    that reaches for something the release leaves out (train_fcos, the staff wing) fails here."""
+    modules = sorted(os.path.relpath(os.path.join(root, name), release_dir)[:-3].replace(os.sep, ".")
+                     for root, _, names in os.walk(os.path.join(release_dir, "eecs598")) for name in names
+                     if name.endswith(".py"))
+    modules = [m[:-len(".__init__")] if m.endswith(".__init__") else m for m in modules] + ["common",
+                                                                                           "one_stage_detector",
+                                                                                           "a4_helper"]
+    script = textwrap.dedent('''
+        import importlib, os, sys
+        release = os.path.realpath(os.getcwd())
+        sys.path[:] = [release] + [p for p in sys.path if p and os.path.realpath(p) != REPO]
+        # The solution's editable install would find its own modules (train_fcos...) from anywhere: drop it.
+        sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                            and "__editable__" not in type(f).__module__]
+        failed = []
+        for name in NAMES:
+            try:
+                importlib.import_module(name)
+            except Exception as error:
+                failed.append(f"{name}: {type(error).__name__}: {error}")
+        prefix = os.path.realpath(sys.prefix) + os.sep  # the virtual environment may live in the checkout
+        outside = sorted(n for n, m in list(sys.modules.items()) if getattr(m, "__file__", None)
+                         and os.path.realpath(m.__file__).startswith(REPO + os.sep)
+                         and not os.path.realpath(m.__file__).startswith(prefix))
+        failed += [f"{n}: imported from the solution, not the release" for n in outside]
+        print("\\n".join(failed) or "OK")
+    ''').replace("NAMES", repr(modules)).replace("REPO", repr(os.path.realpath(REPO_ROOT)))
+    env = dict(_subprocess_env(), PYTHONPATH="")
+    completed = subprocess.run([sys.executable, "-c", script], cwd=release_dir, capture_output=True, text=True,
+                               env=env, timeout=300)
+    assert completed.returncode == 0 and completed.stdout.strip() == "OK", completed.stdout + completed.stderr[-3000:]
+    assert len(modules) > 30
 
 
 def test_release_round_trip_gives_the_solution_back_exactly(release_dir):

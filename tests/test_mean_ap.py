@@ -1,4 +1,4 @@
-"""Tests for eecs598.mean_ap (Cartucho/mAP-compatible evaluator).
+"""Tests for eecs598.evaluation.mean_ap (Cartucho/mAP-compatible evaluator).
 
 Expected numbers are worked out by hand in the comments. Notation: ranked detections are listed
 as TP / FP / ign (ignored: matched to a difficult GT); "cum" are cumulative counts;
@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from eecs598.mean_ap import (MapResult, _parse_detections_quickly, _parse_lines_slowly,
-                             evaluate_map, main, plot_ap_bars, read_box_files)
+from eecs598.evaluation.cartucho import _parse_detections_quickly, _parse_lines_slowly, read_box_files
+from eecs598.evaluation.mean_ap import MapResult, evaluate_map, main, plot_ap_bars
 
 sys.path.insert(0, os.path.dirname(__file__))
 from map_reference import reference_map  # noqa: E402

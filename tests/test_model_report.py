@@ -1,4 +1,4 @@
-"""Tests of eecs598.model_report: FLOP and parameter counts against hand formulas and torchvision, the
+"""Tests of eecs598.tools.model_report: FLOP and parameter counts against hand formulas and torchvision, the
 report rows and table, and the command line."""
 import json
 
@@ -9,7 +9,8 @@ from torch import nn
 
 from conftest import make_fcos
 
-from eecs598 import model_report
+from eecs598.recipes import DATASETS
+from eecs598.tools import model_report
 
 
 def conv_flops(h, w, c_in, c_out, k=3, groups=1, batch=1):
@@ -68,11 +69,10 @@ def test_report_rows_and_table():
 
 
 def test_specs_cover_every_preset_and_cli(tmp_path, capsys):
-    import train_fcos
 
     specs = model_report.fcos_specs()
-    assert [s.name for s in specs] == [f"FCOS {p}" for p in train_fcos.PRESETS]
-    assert {s.image_size for s in specs} == {p["image_size"] for p in train_fcos.PRESETS.values()}
+    assert [s.name for s in specs] == [f"FCOS {p}" for p in DATASETS]
+    assert {s.image_size for s in specs} == {p["image_size"] for p in DATASETS.values()}
     with pytest.raises(ValueError, match="unknown preset"):
         model_report.fcos_specs(["coco"])
     threads = torch.get_num_threads()

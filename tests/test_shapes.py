@@ -1,4 +1,4 @@
-"""Tests of the procedurally generated Shapes dataset (eecs598.shapes) and its loader (a4_helper.ShapesDetection)."""
+"""Tests of the procedurally generated Shapes dataset (eecs598.data.shapes) and its loader (a4_helper.ShapesDetection)."""
 import json
 import os
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from a4_helper import DetectionJsonDataset, ShapesDetection
-from eecs598.shapes import SHAPE_CLASSES, generate_shapes_dataset, render_shapes_image
+from eecs598.data.shapes import SHAPE_CLASSES, generate_shapes_dataset, render_shapes_image
 
 SMALL = dict(num_train=6, num_val=3, image_size=64, min_size=10, max_size=32)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import a4_helper
-import eecs598.datasets
+import eecs598.data.datasets
+import eecs598.tools.train
 import train_fcos
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_voc_branch_runs_on_the_sample(voc_sample_dir, tmp_path):
 
 
 def test_thread_choice_falls_back_to_one_thread_on_a_busy_cpu(monkeypatch):
-    import eecs598.runtime as runtime
+    import eecs598.train.runtime as runtime
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(runtime, "busy_cores", lambda: 1.0)  # another job keeps one core busy
@@ -136,8 +137,8 @@ def test_bad_numbers_are_refused_before_doing_any_work(tmp_path, capsys, option,
 
 
 def _offline_download(monkeypatch):
-    real = eecs598.datasets.download_voc2007
-    monkeypatch.setattr(eecs598.datasets, "download_voc2007",
+    real = eecs598.data.datasets.download_voc2007
+    monkeypatch.setattr(eecs598.data.datasets, "download_voc2007",
                         lambda root, **kwargs: real(root, url_base="http://127.0.0.1:9/", timeout=2.0, progress=False))
 
 
@@ -177,7 +178,7 @@ def test_user_mistakes_get_a_short_answer_in_the_clis_words(tmp_path, monkeypatc
         (tmp_path / "notes.txt").write_text("a file")
         run_dir = tmp_path / "notes.txt" / "run"
     elif setup == "ctrl_c":
-        monkeypatch.setattr(train_fcos, "run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+        monkeypatch.setattr(eecs598.tools.train, "run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
     status = train_fcos.cli([*argv, "--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY])
     err = capsys.readouterr().err
     assert status == (130 if case == "ctrl_c" else 2)
@@ -210,7 +211,8 @@ def test_the_command_line_exits_2_with_one_line_and_no_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "train_fcos.py: error: --cls-loss-weight must be a finite number >= 0, got -1.0 (see train_fcos.py --help)"]
+        "train_fcos.py: error: --cls-loss-weight must be a finite number >= 0, got -1.0 (a negative weight would train "
+        "towards a worse model) (see train_fcos.py --help)"]
     assert not (tmp_path / "shapes").exists()
 
 

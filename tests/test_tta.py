@@ -1,4 +1,4 @@
-"""Tests for eecs598/tta.py: test-time augmentation (flip and scales) merged before one class-specific NMS.
+"""Tests for eecs598/models/tta.py: test-time augmentation (flip and scales) merged before one class-specific NMS.
 
 A hand-set detector makes the expected boxes a hand calculation: its "backbone" takes a weighted mean of
 the image over 8x8 cells (one level, stride 8; a uniform cell gives its value), and its head reads the pooled value of channel c as the logit of
@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from conftest import make_fcos
 from eecs598 import reset_seed
-from eecs598.tta import detect_with_tta, pre_nms_candidates
-from one_stage_detector import FCOSPredictionNetwork
+from eecs598.models.tta import detect_with_tta, pre_nms_candidates
+from one_stage_detector import FCOS, FCOSPredictionNetwork
 
 DELTAS = (1.0, 0.5, 2.0, 0.5)  # (l, t, r, b) in strides: 8 px left, 4 up, 16 right, 4 down
 
@@ -32,9 +32,11 @@ class PoolPyramid(nn.Module):
         return {"p3": F.conv2d(images, weight, stride=8, groups=3)}
 
 
-class HandDetector(nn.Module):
+class HandDetector(FCOS):
+    """A real ``FCOS`` (its own decoding and NMS) with the hand-set backbone and head put in."""
+
     def __init__(self):
-        super().__init__()
+        super().__init__(num_classes=2, fpn_channels=3, stem_channels=[], pretrained=False)
         self.backbone = PoolPyramid()
         self.pred_net = FCOSPredictionNetwork(num_classes=2, in_channels=3, stem_channels=[])
         with torch.no_grad():

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 import eecs598
 from a4_helper import ShapesDetection, train_detector
 from conftest import make_fcos
-from eecs598.shapes import SHAPE_CLASSES, generate_shapes_dataset
+from eecs598.data.shapes import SHAPE_CLASSES, generate_shapes_dataset
 
 NUM_CLASSES = len(SHAPE_CLASSES)  # 5
 IMAGE_SIZE = 64

@@ -4,7 +4,7 @@ The 2,501 VOC train images at 224 px are 2501 x 3 x 224 x 224 bytes = 377 MB as 
 training GPU many times over. :class:`DeviceImageCache` decodes every sample once (through the dataset's
 own ``__getitem__``, in a DataLoader with workers), stores the images as uint8 and the GT rows as float32
 on the device, and then serves batches by indexing: no decoding, no host-to-device copy, no worker
-processes per step. The order comes from the same :class:`~eecs598.sampling.ResumableBatchSampler` as
+processes per step. The order comes from the same :class:`~eecs598.data.sampling.ResumableBatchSampler` as
 the DataLoader path, so a run is resumable and sees the same batches either way.
 
 The cache holds what ``dataset[i]`` returned once: randomness inside the dataset is frozen. Use the
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .datasets import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DeviceImageCache"]
 

@@ -1,12 +1,12 @@
 """Check the whole release / grade loop after editing the solution, its markers, the checks or the points:
 
-    python -m eecs598.kit.selftest [--workers N] [--keep DIR]
+    python -m eecs598.staff.selftest [--workers N] [--keep DIR]
 
-1. builds the student release (``eecs598.release``) into a scratch folder;
+1. builds the student release (``eecs598.staff.release``) into a scratch folder;
 2. round trip: putting the solution regions back into every released module and the notebook gives
    the solution files back exactly;
 3. grades, in one run, the solution (must get full marks), the untouched release (must get zero for
-   every graded function) and one submission per planted bug of ``eecs598/kit/bugs/`` (each must lose
+   every graded function) and one submission per planted bug of ``eecs598/staff/bugs/`` (each must lose
    exactly the points of the function its ``# Breaks:`` line names, and keep all others).
 
 Prints one line per expectation and exits with 1 if any fails.
@@ -20,8 +20,8 @@ import sys
 import tempfile
 from typing import List, Optional, Sequence, Tuple
 
-from eecs598 import grade, release
-from eecs598.kit import bugs as kit_bugs
+from eecs598.staff import grade, release
+from eecs598.staff import bugs as kit_bugs
 
 __all__ = ["round_trip_problems", "grading_problems", "run_selftest", "main"]
 
@@ -92,7 +92,7 @@ def run_selftest(workers: int = 2, keep: Optional[str] = None, solution_dir: str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m eecs598.kit.selftest",
+        prog="python -m eecs598.staff.selftest",
         description="Check the course kit: release round trip, full marks for the solution, zero for the untouched "
                     "release, and each planted bug losing exactly the points of the function it breaks.",
     )

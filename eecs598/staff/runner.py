@@ -1,6 +1,6 @@
 """The grading child process: load a submission, isolate one graded function, run its checks.
 
-``eecs598.grade`` starts one fresh process per (submission, graded function) and calls
+``eecs598.staff.grade`` starts one fresh process per (submission, graded function) and calls
 :func:`run_function` in it. That process
 
 1. cuts itself off the network (``socket`` connections and name lookups raise ``OSError``, proxies
@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 import torch
 import torchvision  # noqa: F401  (imported before any student code, as in the forkserver)
 
-from eecs598.kit import checks as kit_checks
+from eecs598.staff import checks as kit_checks
 
 __all__ = ["run_function", "load_points", "POINTS_PATH", "MODULE_FILES"]
 
@@ -57,7 +57,7 @@ def load_points(path: str = POINTS_PATH) -> dict:
         if entry["function"] in seen:
             raise ValueError(f"{path}: {entry['function']} is listed twice")
         if entry["function"] not in kit_checks.CHECKS:
-            raise ValueError(f"{path}: {entry['function']} has no checks in eecs598/kit/checks.py")
+            raise ValueError(f"{path}: {entry['function']} has no checks in eecs598/staff/checks.py")
         seen.add(entry["function"])
     return points
 

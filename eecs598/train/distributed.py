@@ -4,7 +4,7 @@ Launch with ``torchrun --nproc_per_node N train_fcos.py ...``: torchrun sets ``R
 ``LOCAL_RANK`` and :func:`init_from_environment` joins the process group (NCCL on GPUs, gloo on CPUs).
 N processes with ``b`` images each then behave like one process with ``N * b`` images:
 
-- the data order gives rank ``r`` slice ``r`` of every global batch (``eecs598.sampling``);
+- the data order gives rank ``r`` slice ``r`` of every global batch (``eecs598.data.sampling``);
 - BatchNorm statistics are computed over the global batch (:func:`convert_sync_batchnorm`: torch's
   ``SyncBatchNorm`` on GPUs, :class:`GlooSyncBatchNorm` on CPUs, where torch has none);
 - FCOS's loss normaliser counts the foreground locations of all ranks (``FCOS.distributed_reduce``);
@@ -35,6 +35,11 @@ class DistributedContext:
     def is_main(self) -> bool:
         """Rank 0 writes checkpoints, logs and evaluation files."""
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every process of the group (a no-op when not distributed)."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
 
 
 def init_from_environment(device_type: str) -> DistributedContext:

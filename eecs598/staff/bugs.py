@@ -1,6 +1,6 @@
 """Planted student bugs: small text patches of the solution, each breaking one graded function.
 
-A bug file (``eecs598/kit/bugs/<name>.diff``) is a unified diff without line numbers::
+A bug file (``eecs598/staff/bugs/<name>.diff``) is a unified diff without line numbers::
 
     # Planted bug: centerness without the square root.
     # Breaks: fcos_make_centerness_targets
@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from eecs598 import release
+from eecs598.staff import release
 
 __all__ = ["Bug", "BUGS_DIR", "load_bugs", "apply_bug", "write_buggy_submission"]
 

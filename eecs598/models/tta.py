@@ -17,11 +17,9 @@ With ``flip=False, scales=(1.0,)`` the result is exactly ``detector(image, score
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
-
-from common import class_spec_nms, get_fpn_location_coords
-from one_stage_detector import fcos_apply_deltas_to_locations
 
 __all__ = ["pre_nms_candidates", "detect_with_tta"]
 
@@ -39,42 +37,24 @@ def _thresholds(score_thresh: Optional[float], nms_thresh: Optional[float]) -> T
 
 @torch.no_grad()
 def pre_nms_candidates(detector: nn.Module, images: torch.Tensor, score_thresh: float) -> List[Detections]:
-    """Candidate detections of each image before NMS, as ``FCOS.inference`` computes them.
+    """Candidate detections of each image before NMS: the detector's own decoding, NMS switched off.
 
-    Per location: score ``sqrt(sigmoid(class_logit) * sigmoid(centerness_logit))`` for each class, the
-    best class, kept if ``> score_thresh``; the box decoded with the level's stride and clipped to the
-    image.
+    Calls ``detector(images, test_score_thresh=score_thresh, test_nms_thresh=1.0)``: an IoU is never above 1,
+    so class-specific NMS keeps every candidate (score ``> score_thresh``, box decoded and clipped to the
+    image exactly as ``FCOS.inference`` does).
 
     Args:
-        detector: an ``FCOS`` in eval mode (anything with ``backbone`` returning the FPN features, with
-            ``backbone.fpn_strides``, and a ``pred_net`` head).
+        detector: an ``FCOS`` in eval mode (anything with its eval-mode call).
         images: ``(B, 3, H, W)`` normalised images.
         score_thresh: in ``[0, 1]``.
 
     Returns:
-        One ``(boxes (K, 4), classes (K,) long, scores (K,))`` per image, in level then location order.
+        One ``(boxes (K, 4), classes (K,) long, scores (K,))`` per image, by decreasing score.
     """
-    feats = detector.backbone(images.contiguous(memory_format=torch.channels_last))
-    class_logits, boxreg_deltas, ctr_logits = detector.pred_net(feats)
-    strides = detector.backbone.fpn_strides
-    locations = get_fpn_location_coords({k: v.shape for k, v in feats.items()}, strides,
-                                        dtype=images.dtype, device=images.device)
-    height, width = images.shape[-2:]
-    results = []
-    for b in range(images.shape[0]):
-        boxes_all, classes_all, scores_all = [], [], []
-        for name, level_locations in locations.items():
-            probs = torch.sqrt(class_logits[name][b].sigmoid() * ctr_logits[name][b].sigmoid())  # [N, C]
-            scores, classes = probs.max(dim=1)
-            keep = scores > score_thresh
-            boxes = fcos_apply_deltas_to_locations(boxreg_deltas[name][b][keep], level_locations[keep], strides[name])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=height)
-            boxes_all.append(boxes)
-            classes_all.append(classes[keep])
-            scores_all.append(scores[keep])
-        results.append((torch.cat(boxes_all), torch.cat(classes_all), torch.cat(scores_all)))
-    return results
+    boxes, classes, scores = detector(images, test_score_thresh=score_thresh, test_nms_thresh=1.0)
+    if isinstance(boxes, torch.Tensor):  # one image: tensors, not lists
+        return [(boxes, classes, scores)]
+    return list(zip(boxes, classes, scores))
 
 
 def _resize(image: torch.Tensor, scale: float) -> torch.Tensor:
@@ -102,8 +82,7 @@ def detect_with_tta(
     ``flip``, mirrored too: ``len(scales) * (2 if flip else 1)`` passes (a scale's mirror runs in the same
     batch). The candidates of each pass (:func:`pre_nms_candidates`, threshold ``score_thresh``) are mapped
     back to the original image: ``x -> W_s - x`` for a mirrored pass (x1 and x2 swap), then
-    ``x * W / W_s`` and ``y * H / H_s``. Then :func:`common.class_spec_nms` with ``nms_thresh`` over all of
-    them.
+    ``x * W / W_s`` and ``y * H / H_s``. Then class-specific NMS with ``nms_thresh`` over all of them.
 
     Args:
         detector: ``FCOS`` in eval mode (``detector.eval()``).
@@ -144,5 +123,6 @@ def detect_with_tta(
             scores_all.append(scores)
 
     boxes, classes, scores = torch.cat(boxes_all), torch.cat(classes_all), torch.cat(scores_all)
-    keep = class_spec_nms(boxes, scores, classes, iou_threshold=nms_thresh)
+    # torchvision's batched NMS keeps exactly what common.class_spec_nms keeps (tests/test_common.py).
+    keep = torchvision.ops.batched_nms(boxes, scores, classes, iou_threshold=nms_thresh)
     return boxes[keep], classes[keep], scores[keep]

@@ -32,6 +32,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision import models
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "BackboneSpec",
     "BACKBONES",
@@ -66,8 +68,6 @@ _LITE0_STAGES = (
 )
 _LITE0_BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon
 _LITE0_BN_MOMENTUM = 0.01  # PyTorch convention for TensorFlow's decay 0.99
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class _SamePadConv2d(nn.Conv2d):
@@ -141,7 +141,7 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _lite0_bn(1280)
         self._fc = nn.Linear(1280, num_classes)
         # ImageNet normalisation -> (pixel - 127) / 128: x * scale + shift per channel, as constants.
-        mean, std = torch.tensor(_IMAGENET_MEAN), torch.tensor(_IMAGENET_STD)
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         self.register_buffer("_input_scale", (255.0 * std / 128.0).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_input_shift", ((255.0 * mean - 127.0) / 128.0).view(1, 3, 1, 1), persistent=False)
 
