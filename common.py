@@ -149,9 +149,9 @@ def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str
     return trunk, dict(spec.channels), source
 
 
-def _add_p6p7_params(fpn_params: nn.ModuleDict, out_channels: int, p6_in_channels: int) -> None:
-    """Add the convs of P6 (``p6_in_channels`` -> ``out_channels``) and P7: 3x3, stride 2, padding 1."""
-    fpn_params["output_p6"] = nn.Conv2d(p6_in_channels, out_channels, 3, stride=2, padding=1)
+def _add_p6p7_params(fpn_params: nn.ModuleDict, out_channels: int) -> None:
+    """Add the convs of P6 (of P5) and P7 (of relu(P6)): 3x3, stride 2, padding 1, ``out_channels`` wide."""
+    fpn_params["output_p6"] = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
     fpn_params["output_p7"] = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
 
 
@@ -174,7 +174,7 @@ class DetectorBackboneWithFPN(nn.Module):
     """
 
     def __init__(self, out_channels: int, pretrained: bool = True, *, backbone: str = "regnet_x_400mf",
-                 backbone_weights: Optional[str] = None, p6p7: bool = False, p6_from: str = "p5"):
+                 backbone_weights: Optional[str] = None, p6p7: bool = False):
         """
         Args:
             out_channels: channels of every FPN level.
@@ -190,8 +190,7 @@ class DetectorBackboneWithFPN(nn.Module):
                 replaces ``pretrained`` (no download). Missing or unexpected keys raise an error
                 naming the file and the keys.
             p6p7: add P6 and P7 (strides 64 and 128), as in the FCOS paper: P6 = stride-2 3x3 conv of
-                P5 (or of C5, see ``p6_from``), P7 = stride-2 3x3 conv of ``relu(P6)``.
-            p6_from: ``"p5"`` (FCOS's choice) or ``"c5"`` (RetinaNet's).
+                P5 (FCOS's choice; RetinaNet's is C5), P7 = stride-2 3x3 conv of ``relu(P6)``.
 
         Attributes (besides the contract's): ``backbone_name``; ``weights_source``: where the trunk's
         weights came from, ``"imagenet:<file>"``, ``"file:<backbone_weights>"`` or ``"random"`` (e.g.
@@ -200,11 +199,9 @@ class DetectorBackboneWithFPN(nn.Module):
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
-        if p6_from not in ("p5", "c5"):
-            raise ValueError(f"p6_from must be 'p5' or 'c5', got {p6_from!r}")
         self.out_channels = out_channels
         self.backbone_name = backbone
-        self.p6_from = p6_from if p6p7 else None
+        self.p6p7 = bool(p6p7)
 
         # Only the trunk is needed: its stride 8/16/32 outputs are c3/c4/c5 (block2/3/4 of RegNet).
         self.backbone, backbone_channels, self.weights_source = _build_trunk(backbone, pretrained, backbone_weights)
@@ -217,12 +214,12 @@ class DetectorBackboneWithFPN(nn.Module):
             self.fpn_params[f"output_{level}"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         ### END SOLUTION
         if p6p7:
-            _add_p6p7_params(self.fpn_params, out_channels, backbone_channels["c5"] if p6_from == "c5" else out_channels)
+            _add_p6p7_params(self.fpn_params, out_channels)
 
     @property
     def fpn_strides(self) -> Dict[str, int]:
         """Total stride of each FPN level with respect to the input image."""
-        if self.p6_from is not None:
+        if self.p6p7:
             return {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
         return {"p3": 8, "p4": 16, "p5": 32}
 
@@ -250,9 +247,8 @@ class DetectorBackboneWithFPN(nn.Module):
         fpn_feats["p4"] = self.fpn_params["output_p4"](merged_c4)
         fpn_feats["p5"] = self.fpn_params["output_p5"](merged_c5)
         ### END SOLUTION
-        if self.p6_from is not None:  # optional P6/P7 (not part of the assignment)
-            extra_input = fpn_feats["p5"] if self.p6_from == "p5" else backbone_feats["c5"]
-            fpn_feats.update(_p6p7_features(self.fpn_params, extra_input))
+        if self.p6p7:  # optional P6/P7 (not part of the assignment)
+            fpn_feats.update(_p6p7_features(self.fpn_params, fpn_feats["p5"]))
         return fpn_feats
 
 

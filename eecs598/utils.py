@@ -90,8 +90,12 @@ def detection_visualizer(
     return fig
 
 
-def plot_loss_history(history: Dict[str, List[float]], path: Optional[str] = None, ax: Optional[plt.Axes] = None,
-                      smooth: int = 20) -> plt.Figure:
+# Iterations of the moving average drawn over the raw losses.
+SMOOTHING_WINDOW = 20
+
+
+def plot_loss_history(history: Dict[str, List[float]], path: Optional[str] = None,
+                      ax: Optional[plt.Axes] = None) -> plt.Figure:
     """Plot per-iteration losses (e.g. ``train_detector``'s return value): raw values faint, a moving
     average solid; the legend says which is which.
 
@@ -99,7 +103,6 @@ def plot_loss_history(history: Dict[str, List[float]], path: Optional[str] = Non
         history: ``{loss_name: [value per iteration]}``.
         path: save the figure there (PNG) if given.
         ax: draw into this axes instead of a new figure.
-        smooth: window of the moving average in iterations.
 
     Returns:
         The matplotlib ``Figure``.
@@ -114,7 +117,7 @@ def plot_loss_history(history: Dict[str, List[float]], path: Optional[str] = Non
         if values.size == 0:
             continue
         line, = ax.plot(values, alpha=0.25, linewidth=0.8)
-        window = max(1, min(smooth, values.size))
+        window = max(1, min(SMOOTHING_WINDOW, values.size))
         average = np.convolve(values, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(window - 1, values.size), average, color=line.get_color(),
                 label=f"{name} ({window}-iteration mean)", linewidth=2 if name == "total" else 1.2)

@@ -365,11 +365,10 @@ def test_p6p7_matcher_assigns_each_size_to_one_level(largest_distance, expected_
     assert [name for name, m in matched.items() if m[0, 4] != -1] == [expected_level]
 
 
-@pytest.mark.parametrize("p6_from", ["p5", "c5"])
-def test_p6p7_backbone_levels_shapes_and_wiring(p6_from):
-    backbone = DetectorBackboneWithFPN(out_channels=8, pretrained=False, p6p7=True, p6_from=p6_from)
+def test_p6p7_backbone_levels_shapes_and_wiring():
+    backbone = DetectorBackboneWithFPN(out_channels=8, pretrained=False, p6p7=True)
     assert backbone.fpn_strides == STRIDES_P7
-    assert backbone.fpn_params["output_p6"].in_channels == (400 if p6_from == "c5" else 8)
+    assert backbone.fpn_params["output_p6"].in_channels == 8  # P6 is computed from P5, as in FCOS
     assert backbone.fpn_params["output_p6"].stride == (2, 2)
     backbone.eval()
     images = torch.randn(1, 3, 224, 160)
@@ -378,8 +377,7 @@ def test_p6p7_backbone_levels_shapes_and_wiring(p6_from):
         assert list(feats) == ["p3", "p4", "p5", "p6", "p7"]
         assert {k: tuple(v.shape[-2:]) for k, v in feats.items()} == {
             "p3": (28, 20), "p4": (14, 10), "p5": (7, 5), "p6": (4, 3), "p7": (2, 2)}
-        source = feats["p5"] if p6_from == "p5" else backbone.backbone(images)["c5"]
-        assert torch.allclose(feats["p6"], backbone.fpn_params["output_p6"](source), atol=1e-6)
+        assert torch.allclose(feats["p6"], backbone.fpn_params["output_p6"](feats["p5"]), atol=1e-6)
         assert torch.allclose(feats["p7"], backbone.fpn_params["output_p7"](F.relu(feats["p6"])), atol=1e-6)
 
 
@@ -408,8 +406,6 @@ def test_invalid_options_have_clear_errors():
         FCOS(3, 8, [8], pretrained=False, center_sampling_radius=0)
     with pytest.raises(ValueError, match="norm"):
         FCOS(3, 8, [8], pretrained=False, head_norm="batch")
-    with pytest.raises(ValueError, match="p6_from"):
-        DetectorBackboneWithFPN(8, pretrained=False, p6p7=True, p6_from="p4")
 
 
 # -- presets -------------------------------------------------------------------------------------------

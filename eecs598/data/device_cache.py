@@ -21,6 +21,10 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["DeviceImageCache"]
 
 
+# Refuse (MemoryError with the numbers) a cache that would need more than this many bytes of device memory.
+MAX_CACHE_BYTES = 8e9
+
+
 class DeviceImageCache:
     """All images ``(N, 3, S, S)`` uint8 and GT rows ``(N, M, 5)`` float32 of a dataset, on one device.
 
@@ -29,18 +33,18 @@ class DeviceImageCache:
             image must have the same size.
         device: where to keep the tensors.
         num_workers: DataLoader workers used once, to decode the images.
-        max_bytes: refuse (``MemoryError`` with the numbers) if the images would need more than this.
         progress: show a progress bar while filling the cache.
     """
 
-    def __init__(self, dataset, device, num_workers: int = 0, max_bytes: float = 8e9, progress: bool = True):
+    def __init__(self, dataset, device, num_workers: int = 0, progress: bool = True):
         self.device = torch.device(device)
         _, first, first_gt = dataset[0]
         count = len(dataset)
         needed = count * first.numel()
-        if needed > max_bytes:
+        if needed > MAX_CACHE_BYTES:
             raise MemoryError(f"DeviceImageCache: {count} images of {tuple(first.shape)} need {needed / 1e9:.2f} GB "
-                              f"as uint8, more than max_bytes={max_bytes / 1e9:.2f} GB; train without the cache")
+                              f"as uint8, more than the cache's limit of {MAX_CACHE_BYTES / 1e9:.2f} GB; train without "
+                              f"the cache")
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.images = torch.empty((count, *first.shape), dtype=torch.uint8, device=self.device)

@@ -37,6 +37,9 @@ SHAPE_CLASSES: Tuple[str, ...] = ("circle", "cross", "square", "star", "triangle
 GENERATOR_VERSION = 1
 META_NAME = "shapes_meta.json"
 SPLIT_IDS = {"train": 0, "val": 1}
+MAX_COVER = 0.5  # a new shape may cover at most this fraction of an earlier shape's box
+NOISE_STD = 12.0  # per-pixel Gaussian noise, in 0..255 units
+JPEG_QUALITY = 90  # of the saved images
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,8 +96,6 @@ def render_shapes_image(
     max_size: int = 64,
     max_objects: int = 6,
     max_iou: float = 0.3,
-    max_cover: float = 0.5,
-    noise_std: float = 12.0,
 ) -> Tuple[np.ndarray, List[Dict]]:
     """Draw one Shapes image.
 
@@ -105,10 +106,8 @@ def render_shapes_image(
             are equally common on a log scale).
         max_objects: each image holds 1..max_objects shapes (uniform).
         max_iou: a new shape is re-drawn (up to 30 times, then dropped) if its box has IoU above this
-            with an earlier one ...
-        max_cover: ... or if it would cover more than this fraction of an earlier (lower) shape's box,
-            so every labelled shape stays recognisable although shapes overlap and occlude.
-        noise_std: standard deviation of the per-pixel Gaussian noise, in 0..255 units.
+            with an earlier one, or if it would cover more than ``MAX_COVER`` of an earlier (lower) shape's
+            box, so every labelled shape stays recognisable although shapes overlap and occlude.
 
     Returns:
         image: ``(S, S, 3)`` uint8 RGB array.
@@ -147,7 +146,7 @@ def render_shapes_image(
             box = np.clip(box, 0, s - 1)
             if len(boxes):
                 iou, cover = _box_iou_and_cover(box, boxes)
-                if (iou > max_iou).any() or (cover > max_cover).any():
+                if (iou > max_iou).any() or (cover > MAX_COVER).any():
                     continue
             # Colour: far enough from the background under the shape to be visible (not necessarily easy).
             x1, y1, x2, y2 = box.astype(int)
@@ -163,7 +162,7 @@ def render_shapes_image(
             objects.append({"name": name, "xyxy": [round(float(v), 1) for v in box]})
             break
 
-    image = np.asarray(canvas, dtype=np.float32) + rng.normal(0, noise_std, size=(s, s, 3)).astype(np.float32)
+    image = np.asarray(canvas, dtype=np.float32) + rng.normal(0, NOISE_STD, size=(s, s, 3)).astype(np.float32)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects
 
 
@@ -226,7 +225,6 @@ def generate_shapes_dataset(
     min_size: int = 14,
     max_size: int = 64,
     max_objects: int = 6,
-    jpeg_quality: int = 90,
     force: bool = False,
     quiet: bool = False,
 ) -> str:
@@ -244,7 +242,6 @@ def generate_shapes_dataset(
         seed: master seed; the same seed (and parameters) gives byte-identical JSON and identical pixels.
         min_size, max_size: range of the shapes' box sizes in pixels.
         max_objects: each image holds between 1 and ``max_objects`` shapes.
-        jpeg_quality: JPEG quality of the saved images.
         force: regenerate even if a matching dataset exists.
         quiet: do not print progress messages.
 
@@ -260,7 +257,7 @@ def generate_shapes_dataset(
                          f"{min_size}, {max_size}, {image_size}")
     params = dict(version=GENERATOR_VERSION, num_train=int(num_train), num_val=int(num_val),
                   image_size=int(image_size), seed=int(seed), min_size=int(min_size), max_size=int(max_size),
-                  max_objects=int(max_objects), jpeg_quality=int(jpeg_quality), classes=list(SHAPE_CLASSES))
+                  max_objects=int(max_objects), jpeg_quality=JPEG_QUALITY, classes=list(SHAPE_CLASSES))
     parent = os.path.dirname(os.path.abspath(root))
     _remove_orphan_temporaries(root)
     if not force and shapes_dataset_ready(root, params):
@@ -279,7 +276,7 @@ def generate_shapes_dataset(
                 rng = np.random.default_rng([int(seed), split_id, i])
                 image, objects = render_shapes_image(rng, image_size, min_size, max_size, max_objects)
                 rel = f"images/{split}/{i:06d}.jpg"
-                Image.fromarray(image).save(os.path.join(tmp, rel), quality=jpeg_quality)
+                Image.fromarray(image).save(os.path.join(tmp, rel), quality=JPEG_QUALITY)
                 entries.append([f"./here/{rel}", objects])
             with open(os.path.join(tmp, f"shapes_{split}.json"), "w") as f:
                 json.dump(entries, f)

@@ -37,6 +37,8 @@ __all__ = ["DEFAULT_SCORE_THRESHS", "DEFAULT_NMS_THRESHS", "DetectionPool", "Det
 
 DEFAULT_SCORE_THRESHS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_NMS_THRESHS = (0.3, 0.4, 0.5, 0.6, 0.7)
+# (score, NMS) settings circled in plot_sweep: the course's evaluation and drawing settings.
+MARKED_SETTINGS = ((0.05, 0.5), (0.4, 0.6))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,15 +352,14 @@ def _figure(path: Optional[str], figsize):
     return Figure(figsize=figsize)
 
 
-def plot_sweep(rows: List[Dict], path: Optional[str] = None,
-               marked: Sequence[Tuple[float, float]] = ((0.05, 0.5), (0.4, 0.6))):
+def plot_sweep(rows: List[Dict], path: Optional[str] = None):
     """mAP, recall and detections per image against the score threshold, a line per NMS threshold.
 
     Args:
         rows: from ``sweep_thresholds``.
         path: save the figure there (PNG) if given.
-        marked: ``(score, nms)`` settings to circle (default: the course's evaluation 0.05 / 0.5 and
-            drawing 0.4 / 0.6 settings), when they are in ``rows``.
+
+    The settings of ``MARKED_SETTINGS`` (evaluation 0.05 / 0.5, drawing 0.4 / 0.6) are circled when in ``rows``.
 
     Returns:
         the matplotlib ``Figure``.
@@ -371,7 +372,7 @@ def plot_sweep(rows: List[Dict], path: Optional[str] = None,
         x = [r["score_thresh"] for r in line]
         for ax, key, scale in zip(axes, ("mAP", "recall", "detections_per_image"), (100, 100, 1)):
             ax.plot(x, [r[key] * scale for r in line], marker=".", label=f"NMS {nms:g}")
-    for score, nms in marked:
+    for score, nms in MARKED_SETTINGS:
         hit = [r for r in rows if np.isclose(r["score_thresh"], score) and np.isclose(r["nms_thresh"], nms)]
         for r in hit:
             axes[0].plot(r["score_thresh"], r["mAP"] * 100, "o", mfc="none", mec="black", ms=11)

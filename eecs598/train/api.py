@@ -111,7 +111,6 @@ def train_detector(
     distributed=None,
     run_config: Optional[Dict[str, Any]] = None,
     plot: bool = True,
-    plot_path: Optional[str] = None,
     progress: bool = True,
     hooks: Sequence[Any] = (),
     **options,
@@ -154,7 +153,7 @@ def train_detector(
         distributed: an ``eecs598.train.distributed.DistributedContext`` (from ``torchrun``): data-parallel
             training, ``train_loader.batch_size`` images per process; rank 0 writes checkpoints and logs.
         run_config: plain values stored in the checkpoint (e.g. the command line's model settings).
-        plot, plot_path: draw the loss history at the end (and save it there).
+        plot: draw the loss history at the end.
         progress: show a tqdm progress bar.
         hooks: extra :class:`~eecs598.train.hooks.HookBase` instances (``before_train`` / ``before_step`` /
             ``after_step`` / ``after_train``).
@@ -229,7 +228,7 @@ def train_detector(
     if ema is not None:
         detector.load_state_dict(ema.state)
     if context.is_main:
-        _plot(history, plot, plot_path)
+        _plot(history, plot)
     return history
 
 
@@ -303,15 +302,15 @@ def _make_batches(train_loader, dataset, settings: TrainSettings, state: TrainSt
     return make_batch_stream(train_loader, sampler, pin_memory), advance
 
 
-def _plot(history: Dict[str, List[float]], plot: bool, plot_path: Optional[str]) -> None:
-    if not (plot or plot_path):
+def _plot(history: Dict[str, List[float]], plot: bool) -> None:
+    if not plot:
         return
     import matplotlib
     import matplotlib.pyplot as plt
 
     from ..utils import plot_loss_history
 
-    fig = plot_loss_history(history, path=plot_path)
+    fig = plot_loss_history(history)
     if plot and "agg" not in matplotlib.get_backend().lower():
         plt.show()
     else:

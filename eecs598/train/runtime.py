@@ -27,7 +27,7 @@ def busy_cores(seconds: float = 0.5) -> Optional[float]:
             return None
 
 
-def choose_cpu_threads(verbose: bool = True) -> int:
+def choose_cpu_threads() -> int:
     """torch's default thread count (one per core), or 1 when other processes already keep cores busy.
 
     Each convolution is split over all threads and waits for the slowest; when other jobs occupy a core,
@@ -38,8 +38,7 @@ def choose_cpu_threads(verbose: bool = True) -> int:
     threads = torch.get_num_threads()
     busy = busy_cores()
     if threads > 1 and busy is not None and busy >= 0.5:
-        if verbose:
-            print(f"Other processes keep {busy:.1f} of {os.cpu_count()} cores busy: using 1 CPU thread instead of "
-                  f"{threads} (torch.set_num_threads to override).")
+        print(f"Other processes keep {busy:.1f} of {os.cpu_count()} cores busy: using 1 CPU thread instead of "
+              f"{threads} (torch.set_num_threads to override).")
         return 1
     return threads
