@@ -3,7 +3,7 @@
 Every row comes from a ``ModelSpec``: a name, a builder returning the ``nn.Module``, the input size, the
 network call whose FLOPs and speed are measured, the end-to-end call (decoding + NMS included) and
 the sub-modules whose parameters are listed separately. ``fcos_specs()`` gives today's configurations
-(RegNetX-400MF + P3-P5 FPN + the course's FCOS head, at each preset of ``train_fcos.PRESETS``);
+(RegNetX-400MF + P3-P5 FPN + the course's FCOS head, at each dataset setting of ``eecs598.recipes.DATASETS``);
 another backbone plugs in as one more ``ModelSpec``.
 
 What is measured (batch B, input ``S x S``, random weights, ``model.eval()``, ``torch.no_grad()``):
