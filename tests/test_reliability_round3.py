@@ -139,6 +139,18 @@ def test_the_command_line_refuses_sizes_no_machine_can_hold(tmp_path, capsys, no
     assert not data_dir.exists()
 
 
+def test_shapes_at_the_smallest_image_size_the_command_line_allows(tmp_path):
+    # --image-size 32 passes the command line's check, but the generator's shapes went up to 64 px: a ValueError
+    # traceback. Now no shape is larger than the image.
+    args = train_fcos.parse_args(["--dataset", "shapes", "--data-dir", str(tmp_path / "shapes"), *TINY,
+                                  "--image-size", "32"])
+    train_set, val_set = eecs598.tools.train.build_datasets(args)
+    _, image, gt = train_set[0]
+    boxes = gt[gt[:, 4] >= 0]
+    assert image.shape == (3, 32, 32) and len(boxes) >= 1 and len(val_set) == 4
+    assert ((boxes[:, 2] - boxes[:, 0]) <= 32).all() and (boxes[:, :4] >= 0).all() and (boxes[:, :4] <= 32).all()
+
+
 def test_shapes_generation_shows_progress(tmp_path, capsys):
     eecs598.data.shapes.generate_shapes_dataset(str(tmp_path / "shapes"), num_train=3, num_val=2, image_size=64,
                                                 min_size=10, max_size=32)

@@ -238,7 +238,7 @@ def generate_shapes_dataset(
     (``.<basename(root)>.partial-<random>``) and moved in place at the end; the parameter file
     ``shapes_meta.json`` is written last, so an interrupted run is simply redone next time. Temporary
     directories that a killed run left for ``root`` are removed when the next call starts. A progress bar
-    shows the images drawn (about 17 ms each at 128 px on one core).
+    shows the images drawn (about 9 ms each at 128 px on one core: benchmarks/reliability_figures.py).
 
     Args:
         root: output directory.

@@ -214,7 +214,7 @@ _COUNTS = (("--batch-size", "batch_size", 1), ("--image-size", "image_size", 32)
            ("--fpn-channels", "fpn_channels", 1))
 # Upper bounds, where a larger value cannot be meant: an S x S float image takes 12 S^2 bytes (S = 100000:
 # 120 GB; 4096 px is already far past the 800-1333 px of the FCOS paper), a conv of C channels 9 C^2
-# weights, and a Shapes split of N images N x 17 ms to generate (10^6: about 5 hours on one core).
+# weights, and a Shapes split of N images N x ~9 ms to draw (10^6: hours; benchmarks/reliability_figures.py).
 _MAXIMA = {"image_size": 4096, "fpn_channels": 4096, "num_train": 10 ** 6, "num_val": 10 ** 6}
 _MAX_STEM_CONVS, _MAX_STEM_CHANNELS = 16, 4096
 
