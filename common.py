@@ -11,6 +11,9 @@ Conventions used throughout this package:
   a ``(H, W)`` grid in this package uses this one order, so that row ``i`` of a location tensor and
   row ``i`` of a prediction tensor always describe the same pixel.
 """
+import math
+import numbers
+import operator
 import os
 import socket
 import warnings
@@ -257,6 +260,31 @@ class DetectorBackboneWithFPN(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_location_inputs(shape_per_fpn_level, strides_per_fpn_level, dtype) -> None:
+    """Refuse what ``get_fpn_location_coords`` would turn into wrong locations (a stride of 0 puts every
+    location at 0, NaN everywhere, a fractional size is truncated) or an obscure error."""
+    where = "get_fpn_location_coords"
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{where}: dtype must be a floating-point torch dtype (centres sit at half strides, "
+                        f"e.g. 4.0), got {dtype!r}")
+    for level, shape in shape_per_fpn_level.items():
+        if level not in strides_per_fpn_level:
+            raise ValueError(f"{where}: level {level!r} has no stride in strides_per_fpn_level "
+                             f"(levels with strides: {sorted(strides_per_fpn_level)})")
+        stride = strides_per_fpn_level[level]
+        is_number = isinstance(stride, numbers.Real) or (isinstance(stride, torch.Tensor) and stride.numel() == 1)
+        if isinstance(stride, bool) or not is_number or not (math.isfinite(float(stride)) and float(stride) > 0):
+            raise ValueError(f"{where}: the stride of level {level!r} must be a finite number > 0 (pixels per "
+                             f"feature location), got {stride!r}")
+        try:
+            sizes = [operator.index(size) for size in tuple(shape)[-2:]]
+        except TypeError:  # not a sequence, or a size that is not an integer (2.5, a float tensor)
+            sizes = []
+        if len(sizes) < 2 or min(sizes) < 0:
+            raise ValueError(f"{where}: the shape of level {level!r} must end in (H, W), ints >= 0 (e.g. a "
+                             f"feature map's .shape), got {shape!r}")
+
+
 def get_fpn_location_coords(
     shape_per_fpn_level: Dict[str, Tuple],
     strides_per_fpn_level: Dict[str, int],
@@ -277,7 +305,13 @@ def get_fpn_location_coords(
         Level name -> ``(H * W, 2)`` tensor of ``(x, y)`` centres, flattened **x-major**
         (row ``x_index * H + y_index``). For a 224x224 input the first p3 rows are
         ``[4, 4], [4, 12], [4, 20], ...``.
+
+    Raises:
+        ValueError / TypeError: a level without a stride, a stride that is not a finite number > 0, a
+            feature size that is not an int >= 0, or a ``dtype`` that is not floating point (centres sit at
+            half strides, e.g. 4.0, and an integer dtype cannot hold them).
     """
+    _check_location_inputs(shape_per_fpn_level, strides_per_fpn_level, dtype)
     ### BEGIN SOLUTION
     location_coords = {}
     for level_name, feat_shape in shape_per_fpn_level.items():

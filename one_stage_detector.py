@@ -123,6 +123,25 @@ def _giou_box_loss(pred_deltas: torch.Tensor, gt_deltas: torch.Tensor, is_foregr
 # ---------------------------------------------------------------------------------------------
 
 
+def _checked_stem_channels(stem_channels) -> List[int]:
+    """``stem_channels`` as a list, or a ``ValueError`` saying what it must be (an int such as 16 is the
+    usual slip: one conv of 16 channels is ``[16]``)."""
+    hint = ""
+    if isinstance(stem_channels, int) and not isinstance(stem_channels, bool):
+        hint = f": an int, not a list; for one conv of {stem_channels} channels pass [{stem_channels}]"
+    elif isinstance(stem_channels, (str, bytes)) or not hasattr(stem_channels, "__iter__"):
+        hint = f": a {type(stem_channels).__name__}, not a list"
+    if hint:
+        raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
+                         f"{stem_channels!r}{hint}")
+    stem_channels = list(stem_channels)
+    bad = [c for c in stem_channels if not isinstance(c, int) or isinstance(c, bool) or c < 1]
+    if bad:
+        raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
+                         f"{stem_channels} (bad: {bad})")
+    return stem_channels
+
+
 class FCOSPredictionNetwork(nn.Module):
     """FCOS head shared by all FPN levels: two conv stems, then class / box / centerness layers.
 
@@ -143,11 +162,7 @@ class FCOSPredictionNetwork(nn.Module):
                 at a fixed scale whatever the FPN features do.
         """
         super().__init__()
-        stem_channels = list(stem_channels)
-        bad = [c for c in stem_channels if not isinstance(c, int) or isinstance(c, bool) or c < 1]
-        if bad:
-            raise ValueError(f"stem_channels must be a list of positive ints (the width of each stem conv), got "
-                             f"{stem_channels} (bad: {bad})")
+        stem_channels = _checked_stem_channels(stem_channels)
         if norm not in (None, "group"):
             raise ValueError(f"FCOSPredictionNetwork: norm must be None or 'group', got {norm!r}")
 
@@ -432,6 +447,7 @@ class FCOS(nn.Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         check_model_options(backbone=backbone, backbone_weights=backbone_weights, p6p7=p6p7, head_norm=head_norm,
                             box_loss=box_loss, center_sampling_radius=center_sampling_radius)
+        stem_channels = _checked_stem_channels(stem_channels)  # before the backbone is built (seconds)
         self.num_classes = num_classes
         self.box_loss = box_loss
         self.center_sampling_radius = None if center_sampling_radius is None else float(center_sampling_radius)

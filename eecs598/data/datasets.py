@@ -15,6 +15,7 @@ import os
 from typing import Any, List, Sequence, Tuple
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -33,6 +34,18 @@ VOC_CLASSES = (
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _refuse_repeated_names(class_names: Sequence[str]) -> None:
+    """Class ids are positions in ``class_names``: a repeated name would map to its last position only, so
+    every object of it would train (and be scored) as that class."""
+    positions = {}
+    for idx, name in enumerate(class_names):
+        positions.setdefault(name, []).append(idx)
+    repeated = {name: idx for name, idx in positions.items() if len(idx) > 1}
+    if repeated:
+        listed = ", ".join(f"{name!r} at {idx}" for name, idx in repeated.items())
+        raise ValueError(f"class_names must not repeat a name (class ids are positions in the list), got {listed}")
 
 
 class DetectionJsonDataset(Dataset):
@@ -79,6 +92,7 @@ class DetectionJsonDataset(Dataset):
         self.dataset_dir = dataset_dir
         self.image_size = image_size
         self.max_boxes = max_boxes
+        _refuse_repeated_names(class_names)
         self.class_to_idx = {name: idx for idx, name in enumerate(class_names)}
         self.idx_to_class = {idx: name for idx, name in enumerate(class_names)}
         self.json_path = json_file if os.path.isabs(json_file) else os.path.join(dataset_dir, json_file)
@@ -109,6 +123,7 @@ class DetectionJsonDataset(Dataset):
             raise FileNotFoundError(
                 f"{len(missing)} of {len(self.image_paths)} images listed in {self.json_path} are missing, "
                 f"e.g. {missing[0]}.{hint}")
+        self._refuse_boxes_outside()
 
         self.transform = transforms.Compose([
             transforms.Resize(image_size),
@@ -128,6 +143,27 @@ class DetectionJsonDataset(Dataset):
                     f"{self.json_path}: entries {first_entry[key]} and {i} both list the image {path}. Each image "
                     f"must appear once: merge their objects into one entry.")
             first_entry[key] = i
+
+    def _refuse_boxes_outside(self) -> None:
+        """A box wholly outside its image (another image's box, or coordinates of another scale) would become a
+        ``-1`` padding row without a word: it is an error naming the entry. The sizes come from the image files'
+        headers (PIL reads no pixels: about 0.1 ms an image, see benchmarks/reliability_figures.py); a file
+        whose header cannot be read is left to ``__getitem__``, whose ``ImageFileError`` names it and its entry."""
+        for i, (path, boxes) in enumerate(zip(self.image_paths, self._boxes)):
+            if boxes.numel() == 0:
+                continue
+            try:
+                with Image.open(path) as f:
+                    width, height = f.size
+            except Exception:  # noqa: BLE001 -- PIL's many ways to fail; reported when the image is loaded
+                continue
+            outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
+            if outside.any():
+                j = int(outside.nonzero()[0, 0])
+                raise ValueError(
+                    f"{self.json_path}: entry {i} ({path}), object {j}: the box {boxes[j].tolist()} lies wholly "
+                    f"outside its {width}x{height} image (boxes are XYXY pixels of that image); fix the entry or "
+                    f"its image.")
 
     def _parse_entry(self, i: int, entry: Any) -> None:
         """Validate JSON entry ``i`` and store its image path, boxes and class ids."""

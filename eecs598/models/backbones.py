@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from torchvision import models
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .weights import dtype_problems, non_finite_entries
 
 __all__ = [
     "BackboneSpec",
@@ -288,7 +289,8 @@ def load_trunk_weights(classifier: nn.Module, name: str, path: str, state_dict: 
     """Load a classifier state dict into ``classifier`` (the model of backbone ``name``), checking every key.
 
     Keys of the classifier head (:attr:`BackboneSpec.head_prefixes`) may be missing; any other missing
-    key, any unexpected key, or a shape mismatch raises an error that names ``path`` and the keys.
+    key, any unexpected key, a shape mismatch, a tensor of the wrong kind of dtype (integers for float
+    weights) or a NaN / infinite value raises a ``ValueError`` that names ``path`` and the keys.
 
     Args:
         classifier: from :func:`build_classifier` (before feature extraction).
@@ -317,4 +319,18 @@ def load_trunk_weights(classifier: nn.Module, name: str, path: str, state_dict: 
             f"Pass the state dict of torchvision's {name} classifier (model.state_dict()), or choose the "
             f"backbone it belongs to."
         )
+    _refuse_bad_values(state_dict, expected, path)
     classifier.load_state_dict(state_dict, strict=False)
+
+
+def _refuse_bad_values(state_dict: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], path: str) -> None:
+    """Integer tensors where the trunk holds floats (``load_state_dict`` would copy them as if they were
+    weights) and NaN or infinite values (a random-looking failure at the first training step) name the file."""
+    wrong_kind = dtype_problems(state_dict, expected)
+    if wrong_kind:
+        raise ValueError(f"backbone_weights: {path} holds tensors of the wrong type ({'; '.join(wrong_kind)}): it "
+                         f"is not a trained weight file. Save the classifier's model.state_dict() as it is.")
+    non_finite = non_finite_entries(state_dict)
+    if non_finite:
+        raise ValueError(f"backbone_weights: {path} holds NaN or infinite weights ({'; '.join(non_finite)}): the "
+                         f"file is damaged, or was saved from a model whose training diverged. Use a good copy.")

@@ -13,10 +13,11 @@ from torch import nn
 
 from ..data.datasets import VOC_CLASSES
 from ..data.shapes import SHAPE_CLASSES
-from ..train.checkpoint import load_checkpoint
+from ..models.weights import dtype_problems
+from ..train.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["MODEL_OPTION_KEYS", "build_fcos", "checkpoint_weights", "class_names_of", "LoadedDetector",
-           "load_detector"]
+__all__ = ["MODEL_OPTION_KEYS", "build_fcos", "checkpoint_weights", "load_checkpoint_weights", "class_names_of",
+           "LoadedDetector", "load_detector"]
 
 # Model options of FCOS (keyword-only arguments), as the command line and the run config name them.
 MODEL_OPTION_KEYS = ("backbone", "backbone_weights", "p6p7", "head_norm", "box_loss", "center_sampling_radius")
@@ -41,6 +42,29 @@ def build_fcos(num_classes: int, fpn_channels: int, stem_channels: Sequence[int]
 def checkpoint_weights(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The weights a finished run hands on: the weight average if training kept one, else the model's."""
     return checkpoint["ema"] if checkpoint.get("ema") is not None else checkpoint["model"]
+
+
+def load_checkpoint_weights(model: nn.Module, checkpoint: Dict[str, Any], path: str) -> None:
+    """Load :func:`checkpoint_weights` into ``model`` (rebuilt from the checkpoint's settings).
+
+    :func:`~eecs598.train.checkpoint.load_checkpoint` has already refused NaN or infinite weights; this also
+    refuses integer tensors where the model holds floats (``load_state_dict`` would copy them as if they were
+    weights) and weights that do not fit the model the settings describe.
+
+    Raises:
+        CheckpointError: naming ``path`` and the first few offending keys.
+    """
+    weights = checkpoint_weights(checkpoint)
+    wrong_kind = dtype_problems(weights, model.state_dict())
+    if wrong_kind:
+        raise CheckpointError(f"Checkpoint {path} holds weights of the wrong type ({'; '.join(wrong_kind)}), so it "
+                              f"was not saved by the training engine.")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split()).replace(". ", "; ")[:300]  # one sentence: the CLI shows the first
+        raise CheckpointError(f"Checkpoint {path} holds weights that do not fit the model its saved settings describe "
+                              f"({detail}), so the file was changed after training.") from e
 
 
 def class_names_of(run_config: Dict[str, Any]) -> Optional[List[str]]:
@@ -72,7 +96,8 @@ def load_detector(checkpoint_path: str, device="cpu") -> LoadedDetector:
     """Rebuild the model a ``train_fcos.py`` checkpoint was trained with and load its weights.
 
     Raises:
-        eecs598.train.checkpoint.CheckpointError: the file is missing, truncated or corrupt.
+        eecs598.train.checkpoint.CheckpointError: the file is missing, truncated or corrupt, or its weights are
+            not finite, of the wrong type or do not fit its settings.
         ValueError: the checkpoint has no saved settings (not written by ``train_fcos.py``).
     """
     checkpoint = load_checkpoint(checkpoint_path)
@@ -85,6 +110,6 @@ def load_detector(checkpoint_path: str, device="cpu") -> LoadedDetector:
     options = {k: config[k] for k in MODEL_OPTION_KEYS if k in config}
     options.pop("backbone_weights", None)  # the trained weights follow; the trunk file is not needed
     model = build_fcos(len(names), config["fpn_channels"], config["stem_channels"], pretrained=False, **options)
-    model.load_state_dict(checkpoint_weights(checkpoint))
+    load_checkpoint_weights(model, checkpoint, checkpoint_path)
     model.to(device).eval()
     return LoadedDetector(model, names, int(config["image_size"]), config)

@@ -215,6 +215,20 @@ def environment(device: str = "cpu") -> Dict:
             "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 
+def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse a ``--device`` that cannot run the report, in the command line's words (exit status 2)."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:  # torch's message lists twenty device types the report cannot use
+        kind = None
+    if kind is None or kind.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu, cuda or cuda:N (a GPU index), got {device!r}")
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available on this machine")
+    if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
+        parser.error(f"--device {device}: there are only {torch.cuda.device_count()} GPU(s)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: print the report table (and optionally write JSON). Returns 0."""
     parser = argparse.ArgumentParser(
@@ -231,8 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available on this machine")
+    _check_device(parser, args.device)
     rows = model_report(fcos_specs(args.presets), device=args.device, batch_size=args.batch_size,
                         warmup=args.warmup, repeats=args.repeats)
     env = environment(args.device)

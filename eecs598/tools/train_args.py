@@ -12,7 +12,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import SettingError
-from ..models.backbones import BACKBONES
+from ..models.backbones import BACKBONES, build_classifier, load_trunk_weights
 from ..models.options import check_model_options
 from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, PRESETS, SCORE_THRESH_MAP, SCORE_THRESH_VIS, TTA_CHOICES,
                        get_preset)
@@ -20,7 +20,8 @@ from ..train.checkpoint import check_writable
 from ..train.settings import TrainSettings
 from .detector import MODEL_OPTION_KEYS
 
-__all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "check_args", "train_settings", "model_options"]
+__all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "settings_problem", "check_args",
+           "train_settings", "model_options"]
 
 # Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
 RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
@@ -194,21 +195,77 @@ def model_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in MODEL_OPTION_KEYS}
 
 
-def _check_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Validate the training settings and model options with the library's own checks, in the flags' words."""
+def _settings_problem(args: argparse.Namespace) -> Optional[str]:
+    """The training settings and model options, validated with the library's own checks, in the flags' words."""
     try:
         TrainSettings(**train_settings(args))
         check_model_options(**model_options(args))
     except SettingError as e:
         flag = _FLAGS.get(e.field.split("[")[0], e.field)
-        parser.error(f"{flag} {e.requirement}{_FLAG_NOTES.get(flag, '')}")
+        return f"{flag} {e.requirement}{_FLAG_NOTES.get(flag, '')}"
+    return None
 
 
 # Command-line integers that are not training settings: (flag, attribute, minimum).
 _COUNTS = (("--batch-size", "batch_size", 1), ("--image-size", "image_size", 32), ("--num-workers", "num_workers", 0),
            ("--log-period", "log_period", 1), ("--checkpoint-period", "checkpoint_period", 1),
            ("--num-train", "num_train", 1), ("--num-val", "num_val", 1), ("--max-val-images", "max_val_images", 1),
-           ("--eval-period", "eval_period", 1), ("--eval-images", "eval_images", 1))
+           ("--eval-period", "eval_period", 1), ("--eval-images", "eval_images", 1),
+           ("--fpn-channels", "fpn_channels", 1))
+# Upper bounds, where a larger value cannot be meant: an S x S float image takes 12 S^2 bytes (S = 100000:
+# 120 GB; 4096 px is already far past the 800-1333 px of the FCOS paper), a conv of C channels 9 C^2
+# weights, and a Shapes split of N images N x ~9 ms to draw (10^6: hours; benchmarks/reliability_figures.py).
+_MAXIMA = {"image_size": 4096, "fpn_channels": 4096, "num_train": 10 ** 6, "num_val": 10 ** 6}
+_MAX_STEM_CONVS, _MAX_STEM_CHANNELS = 16, 4096
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _stem_problem(stem_channels) -> Optional[str]:
+    if not (isinstance(stem_channels, (list, tuple)) and 1 <= len(stem_channels) <= _MAX_STEM_CONVS
+            and all(_is_int(c) and 1 <= c <= _MAX_STEM_CHANNELS for c in stem_channels)):
+        return (f"--stem-channels must be 1 to {_MAX_STEM_CONVS} widths, each an int in [1, {_MAX_STEM_CHANNELS}], "
+                f"got {stem_channels!r}")
+    return None
+
+
+def _choice_problem(args: argparse.Namespace) -> Optional[str]:
+    """What argparse itself guarantees on the command line (choices, types), checked again for settings that
+    come from elsewhere (a checkpoint's saved ``run_config``)."""
+    for option, name, choices in (("--dataset", "dataset", DATASETS), ("--preset", "preset", PRESETS)):
+        if getattr(args, name) not in choices:
+            return f"{option} must be one of {', '.join(sorted(choices))}, got {getattr(args, name)!r}"
+    if not isinstance(args.data_dir, str):
+        return f"--data-dir must be a directory path, got {args.data_dir!r}"
+    if not isinstance(args.pretrained, bool):
+        return f"--pretrained must be True or False, got {args.pretrained!r}"
+    return _stem_problem(args.stem_channels)
+
+
+def settings_problem(args: argparse.Namespace) -> Optional[str]:
+    """The first value in ``args`` that the command line refuses, in its words (``"--image-size must be >= 32,
+    got 5"``), or None. ``parse_args`` and ``--eval-only`` (for the checkpoint's saved settings) both use it."""
+    problem = _choice_problem(args)
+    if problem:
+        return problem
+    for option, name, low in _COUNTS:  # bad numbers are refused now, not after minutes of data and training
+        value = getattr(args, name, None)
+        high = _MAXIMA.get(name)
+        if value is None:
+            continue
+        if not _is_int(value):
+            return f"{option} must be an int, got {value!r}"
+        if value < low:
+            return f"{option} must be >= {low}, got {value}"
+        if high is not None and value > high:
+            return f"{option} must be <= {high}, got {value}"
+    for option, name in (("--score-thresh", "score_thresh"), ("--nms-thresh", "nms_thresh")):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            return f"{option} must be in [0, 1], got {value}"
+    return _settings_problem(args)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -228,22 +285,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     apply_recipe_preset(args)
-    # Refuse bad numbers now, not after generating data and training for minutes.
-    for option, name, low in _COUNTS:
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            parser.error(f"{option} must be >= {low}, got {value}")
-    for option, name in (("--score-thresh", "score_thresh"), ("--nms-thresh", "nms_thresh")):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:  # also refuses nan
-            parser.error(f"{option} must be in [0, 1], got {value}")
     if args.grad_clip_norm == 0:
         args.grad_clip_norm = None
     if args.ema_decay == 0:
         args.ema_decay = None
     if args.no_step_sync and args.precision != "fp16":
         args.fused_optimizer = True
-    _check_settings(parser, args)
+    problem = settings_problem(args)
+    if problem:
+        parser.error(problem)
     if args.extend and not args.resume:
         parser.error("--extend continues a run: use it with --resume")
     if args.run_dir is None:
@@ -315,12 +365,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--eval-only: there is no checkpoint to evaluate at {checkpoint_path}. Train first (run "
                          f"without --eval-only), or point --run-dir at a finished run.")
     if args.dataset == "voc" and not args.download and not args.eval_only:  # --eval-only: the checkpoint's data
-        needed = ["voc07_train.json", "voc07_val.json", os.path.join("VOCdevkit", "VOC2007", "JPEGImages")]
-        missing = [name for name in needed if not os.path.exists(os.path.join(args.data_dir, name))]
-        if missing:
-            raise UsageError(
-                f"VOC 2007 is not in --data-dir {args.data_dir} (missing {', '.join(missing)}).\nAdd --download "
-                f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+        check_voc_files(args.data_dir)
+    if args.backbone_weights is not None and not args.eval_only:
+        check_backbone_weights(args.backbone, args.backbone_weights)
     if not args.eval_only:
         try:
             check_writable(checkpoint_path)  # creates --run-dir
@@ -332,3 +379,25 @@ def check_args(args: argparse.Namespace) -> None:
     if args.num_workers > cores:
         print(f"--num-workers {args.num_workers} is more than the {cores} core(s) here: using {cores}.")
         args.num_workers = cores
+
+
+def check_voc_files(data_dir: str, splits=("train", "val")) -> None:
+    """Refuse a ``--data-dir`` without the VOC files of ``splits`` (raises ``UsageError``)."""
+    needed = [f"voc07_{split}.json" for split in splits] + [os.path.join("VOCdevkit", "VOC2007", "JPEGImages")]
+    missing = [name for name in needed if not os.path.exists(os.path.join(data_dir, name))]
+    if missing:
+        raise UsageError(
+            f"VOC 2007 is not in --data-dir {data_dir} (missing {', '.join(missing)}).\nAdd --download "
+            f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+
+
+def check_backbone_weights(backbone: str, path: str) -> None:
+    """Load ``--backbone-weights`` into the trunk's classifier once, before any data work, so that a missing,
+    unreadable or unfitting file (wrong keys or shapes, integer tensors, NaN values) is answered in one line."""
+    classifier = build_classifier(backbone)
+    try:
+        load_trunk_weights(classifier, backbone, path)
+    except (OSError, RuntimeError, ValueError) as e:  # every error of load_trunk_weights is about the file
+        message = str(e)
+        message = message[len("backbone_weights: "):] if message.startswith("backbone_weights: ") else message
+        raise UsageError(f"--backbone-weights {message}") from None

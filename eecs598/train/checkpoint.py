@@ -11,13 +11,15 @@ import os
 import random
 import tempfile
 import zipfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from ..models.weights import non_finite_entries, non_tensor_entries
+
 __all__ = ["CHECKPOINT_FORMAT", "PARTIAL_MARKER", "CheckpointError", "save_atomic", "load_checkpoint",
-           "remove_orphan_partials", "rng_state", "set_rng_state", "check_writable"]
+           "remove_orphan_partials", "rng_state", "rng_state_problem", "set_rng_state", "check_writable"]
 
 CHECKPOINT_FORMAT = "fcos.engine/2"
 PARTIAL_MARKER = ".partial-"  # temporary files are "<target file name>.partial-<random>"
@@ -100,8 +102,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError (a RuntimeError): the file is truncated, corrupt or not a checkpoint of this engine
-            (the message names the file, which is left untouched).
+        CheckpointError (a RuntimeError): the file is truncated, corrupt or not a checkpoint of this engine,
+            lacks an entry the engine writes (e.g. the RNG states), or holds weights (or a weight average) with
+            NaN or infinite values (the message names the file, which is left untouched).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path} not found.")
@@ -125,7 +128,42 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a training checkpoint of this version (format {CHECKPOINT_FORMAT}, "
                            f"found {found!r}). {advice}")
+    problem = _content_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"Checkpoint {path} cannot be used: {problem}. {advice}")
     return checkpoint
+
+
+# What every checkpoint of this format holds (``train_detector`` writes them all), and why it is needed.
+_REQUIRED_ENTRIES = {"settings": "the training settings", "state": "the iteration reached", "model": "the weights",
+                     "optimizer": "the optimiser state", "history": "the loss history",
+                     "rng": "the random-number states a resume restores"}
+
+
+def _content_problem(checkpoint: Dict[str, Any]) -> Optional[str]:
+    """What makes a checkpoint of the right format unusable (a missing entry, weights that are not finite
+    tensors: a file changed and saved again passes the CRC check), or None."""
+    for key, what in _REQUIRED_ENTRIES.items():
+        if not isinstance(checkpoint.get(key), dict):
+            return f"its {key!r} entry ({what}) is missing or not a dict"
+    iteration = checkpoint["state"].get("iteration")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        return f"its 'state' entry has no iteration count (got {iteration!r})"
+    problem = rng_state_problem(checkpoint["rng"])
+    if problem:
+        return f"its 'rng' entry (the random-number states a resume restores) {problem}"
+    for key in ("model", "ema"):
+        weights = checkpoint.get(key)
+        if weights is None:
+            continue  # no weight average kept
+        if not isinstance(weights, dict) or non_tensor_entries(weights):
+            found = type(weights).__name__ if not isinstance(weights, dict) else "; ".join(non_tensor_entries(weights))
+            return f"its {key!r} entry is not a state dict of tensors ({found})"
+        non_finite = non_finite_entries(weights)
+        if non_finite:
+            return (f"its {'weights hold' if key == 'model' else 'weight average holds'} NaN or infinite values "
+                    f"({'; '.join(non_finite)}), so every detection would be NaN")
+    return None
 
 
 def rng_state() -> Dict[str, Any]:
@@ -143,8 +181,33 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
+def rng_state_problem(state: Any) -> Optional[str]:
+    """What keeps ``state`` from being restored by :func:`set_rng_state` (``"has no 'numpy' state"``), or None."""
+    if not isinstance(state, dict):
+        return f"is a {type(state).__name__}, not a dict"
+    parts = {"python": ("version", "state", "gauss"), "numpy": ("name", "keys", "pos", "has_gauss", "gauss")}
+    for name, keys in parts.items():
+        if not isinstance(state.get(name), dict) or any(k not in state[name] for k in keys):
+            return f"has no complete {name!r} state (keys {', '.join(keys)})"
+    tensors = {"python state": state["python"]["state"], "numpy keys": state["numpy"]["keys"],
+               "torch": state.get("torch")}
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            return f"has no {name} tensor (got {type(value).__name__})"
+    if state["torch"].dtype != torch.uint8 or state["torch"].dim() != 1:
+        return f"has a torch state of dtype {state['torch'].dtype} and shape {tuple(state['torch'].shape)}, not bytes"
+    return None
+
+
 def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore the states saved by :func:`rng_state`."""
+    """Restore the states saved by :func:`rng_state`.
+
+    Raises:
+        ValueError: ``state`` is not such a state (see :func:`rng_state_problem`).
+    """
+    problem = rng_state_problem(state)
+    if problem:
+        raise ValueError(f"set_rng_state: the state {problem}; pass what rng_state() returned")
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     n = state["numpy"]
