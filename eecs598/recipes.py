@@ -50,6 +50,10 @@ DATASETS: Dict[str, Dict[str, Any]] = {
                 cls_loss_weight=1.0, fpn_channels=128, stem_channels=[128, 128], pretrained=True, device="cuda",
                 num_workers=4),
 }
+# One's own data (eecs598.data.formats, docs/data.md): the assignment's GPU setting, each with its folder.
+DATASETS["voc-xml"] = dict(DATASETS["voc"], data_dir="data/VOCdevkit/VOC2007")
+DATASETS["coco"] = dict(DATASETS["voc"], data_dir="data/coco")
+DATASETS["yolo"] = dict(DATASETS["voc"], data_dir="data/yolo")
 
 # A randomly initialised trunk (no ImageNet weights, e.g. offline): the course's plain SGD at lr 5e-3
 # diverges to NaN within ~150 iterations there. AdamW adapts the step per parameter, the warm-up avoids

@@ -18,6 +18,7 @@ from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, PRESETS, SCORE_THR
                        get_preset)
 from ..train.checkpoint import check_writable
 from ..train.settings import TrainSettings
+from .dataset_args import CUSTOM_DATASETS, CUSTOM_RUN_CONFIG_KEYS, add_custom_dataset_options, check_custom_data
 from .detector import MODEL_OPTION_KEYS
 
 __all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "check_args", "train_settings", "model_options"]
@@ -25,7 +26,7 @@ __all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "check
 # Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
 RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
                    "num_train", "num_val", "preset", "backbone", "backbone_weights", "head_norm", "box_loss",
-                   "center_sampling_radius", "p6p7")
+                   "center_sampling_radius", "p6p7") + CUSTOM_RUN_CONFIG_KEYS
 
 # The flag of each setting, for messages in the command line's words.
 _FLAGS = {"learning_rate": "--lr", "weight_decay": "--weight-decay", "max_iters": "--max-iters",
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python train_fcos.py --dataset shapes --run-dir runs/shapes-demo\n"
                "  python train_fcos.py --dataset voc --data-dir data --download --run-dir runs/voc --device cuda\n"
                "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only\n"
+               "  python train_fcos.py --dataset voc-xml --data-dir data/VOCdevkit/VOC2007 --device cuda\n"
                "  torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda --run-dir runs/voc4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_options(parser)
     _add_speed_options(parser)
     _add_evaluation_options(parser)
+    add_custom_dataset_options(parser)
     return parser
 
 
@@ -321,6 +324,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"VOC 2007 is not in --data-dir {args.data_dir} (missing {', '.join(missing)}).\nAdd --download "
                 f"to fetch it (about 460 MB), or point --data-dir at the folder that holds it.")
+    if args.dataset in CUSTOM_DATASETS and not args.eval_only:
+        check_custom_data(args, UsageError)
     if not args.eval_only:
         try:
             check_writable(checkpoint_path)  # creates --run-dir
