@@ -14,8 +14,8 @@ import torch
 from ..errors import SettingError
 from ..models.backbones import BACKBONES
 from ..models.options import check_model_options
-from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, PRESETS, SCORE_THRESH_MAP, SCORE_THRESH_VIS, TTA_CHOICES,
-                       get_preset)
+from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, OWN_DATASETS, PRESETS, SCORE_THRESH_MAP, SCORE_THRESH_VIS,
+                       TTA_CHOICES, get_preset)
 from ..train.checkpoint import check_writable
 from ..train.settings import TrainSettings
 from .dataset_args import CUSTOM_DATASETS, CUSTOM_RUN_CONFIG_KEYS, add_custom_dataset_options, check_custom_data
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda --run-dir runs/voc4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--dataset", choices=sorted(DATASETS), default="shapes", help="which dataset and preset (default: shapes)")
+    add("--dataset", choices=sorted(DATASETS) + sorted(OWN_DATASETS), default="shapes",
+        help="which dataset and preset (default: shapes); coco, voc-xml, yolo: your own data (docs/data.md)")
     add("--run-dir", default=None, help="output directory (default: runs/<dataset>)")
     add("--data-dir", default=None, help=f"dataset directory {_preset('data_dir')}")
     add("--download", action="store_true", help="voc: download and extract the dataset first (md5-checked)")
@@ -227,7 +228,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f"--coco: {e}")
 
     args.explicit = {k for k, v in vars(args).items() if v is not None}  # to tell defaults from choices
-    for key, value in DATASETS[args.dataset].items():
+    for key, value in {**DATASETS, **OWN_DATASETS}[args.dataset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     apply_recipe_preset(args)
