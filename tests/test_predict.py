@@ -220,3 +220,13 @@ def test_a_video_without_pyav_or_unreadable_is_listed_not_fatal(model, tmp_path,
     pytest.importorskip("av", reason="PyAV (extra 'video') is not installed")
     report = predict(LoadedDetector(model, CLASSES, IMAGE_SIZE, {}), [str(fake)], progress=False)
     assert [path for path, _ in report.failures] == [str(fake)] and report.num_frames == 0
+
+
+def test_out_may_be_the_photos_own_folder_without_overwriting_them(tmp_path):
+    photo = tmp_path / "p.png"
+    _photo(64, 64, 0).save(photo)
+    before = photo.read_bytes()
+    report = predict(LoadedDetector(ShapeRecorder(), CLASSES, IMAGE_SIZE, {}), str(tmp_path), str(tmp_path),
+                     progress=False)
+    assert photo.read_bytes() == before and report.results[0].output == str(tmp_path / "p_2.png")
+    assert (tmp_path / "p_2.png").is_file()

@@ -125,8 +125,8 @@ class _Run:
         self.names = OutputNames(out_dir) if out_dir else None
         self.files = DetectionFiles(out_dir, detector.class_names) if out_dir else None
 
-    def emit(self, source: Source, frame: Optional[int], time_s: Optional[float], picture,
-             detections: PhotoDetections, output: Optional[str]) -> List[Dict]:
+    def emit(self, source: Source, frame: Optional[int], time_s: Optional[float], detections: PhotoDetections,
+             output: Optional[str]) -> List[Dict]:
         """Record one picture's detections (JSON line, COCO results, report); returns its records."""
         records = [r for r in detections.as_records(self.detector.class_names)
                    if self.keep_ids is None or r["class_id"] in self.keep_ids]
@@ -151,7 +151,7 @@ class _Run:
         output = self.names(source.path, extension) if (self.names and self.draw) else None
 
         def on_result(detections: PhotoDetections) -> None:
-            records = self.emit(source, None, None, photo, detections, output)
+            records = self.emit(source, None, None, detections, output)
             if output is not None:
                 draw_detections_on_photo(photo, records).save(output, **({"quality": 90} if extension == ".jpg"
                                                                          else {}))
@@ -187,7 +187,7 @@ class _Run:
 
     def _frame_callback(self, source, index, time_s, frame, writer, output):
         def on_result(detections: PhotoDetections) -> None:
-            records = self.emit(source, index, time_s, frame, detections, output)
+            records = self.emit(source, index, time_s, detections, output)
             if writer is not None:
                 writer.write(np.asarray(draw_detections_on_photo(frame, records)))
         return on_result
@@ -331,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         loaded = load_detector(args.checkpoint, args.device)
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         _class_ids(loaded.class_names, classes)
-    except (FileNotFoundError, CheckpointError, ValueError) as e:
+    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as e:  # RuntimeError: weights != settings
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     try:

@@ -226,7 +226,8 @@ def draw_detections_on_photo(image, records: Sequence[Dict]) -> Image.Image:
 
 
 class OutputNames:
-    """Distinct output file names in one folder: ``photo.jpg``, then ``photo_2.jpg`` for a second ``photo``."""
+    """Distinct output file names in one folder: ``photo.jpg``, then ``photo_2.jpg`` for a second ``photo``;
+    never the input file itself (``--out`` may be the photos' own folder: they are not overwritten)."""
 
     def __init__(self, folder: str):
         self.folder, self.used = folder, set()
@@ -234,7 +235,7 @@ class OutputNames:
     def __call__(self, source_path: str, extension: str) -> str:
         stem = os.path.splitext(os.path.basename(source_path))[0]
         name, n = stem + extension, 1
-        while name in self.used:
+        while name in self.used or os.path.realpath(os.path.join(self.folder, name)) == os.path.realpath(source_path):
             n += 1
             name = f"{stem}_{n}{extension}"
         self.used.add(name)
