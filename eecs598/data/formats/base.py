@@ -12,6 +12,7 @@ entries come from the set instead of a JSON file. ``difficult`` objects (VOC's f
 are left out of the training rows, exactly as the course's own JSON leaves them out, and kept beside them
 for evaluation (:meth:`FormatDataset.difficult_gt`), where the mAP ignores detections on them.
 """
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -131,8 +132,6 @@ def check_box(box: Sequence[float], size: Optional[Tuple[int, int]], where: str)
     A box that only sticks out of the image is kept (the crop clamps it, as for the course's JSON); one
     wholly outside is an error: it cannot describe anything in the picture.
     """
-    import math
-
     if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                 for v in box):
         raise AnnotationError(f"{where}: a box needs 4 finite numbers, got {list(box)!r}")

@@ -14,7 +14,7 @@ Where the images are: ``data.yaml``'s ``<split>`` entry (a folder relative to th
 """
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from .base import (IMAGE_EXTENSIONS, AnnotationError, AnnotationSet, FormatDataset, ImageAnnotation, ObjectAnnotation,
                    check_box, check_class_names, image_size_of)
