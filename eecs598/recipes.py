@@ -4,7 +4,8 @@ The command line (``train_fcos.py``), the Makefile (``make demo`` is ``--preset 
 the model report read these dicts; nothing else defines a recipe.
 
 - ``DATASETS``: per-dataset defaults of the command line (data, image size, batch, iterations, optimiser,
-  model widths). Every value can be overridden by a flag.
+  model widths). Every value can be overridden by a flag. ``OWN_DATASETS``: the same for one's own data
+  (``--dataset coco|voc-xml|yolo``).
 - ``PRESETS``: named detector recipes, each a dict of four parts (``None`` means "off"):
 
   - ``"model"``: keyword options of ``one_stage_detector.FCOS`` (backbone, head norm, box loss...);
@@ -32,7 +33,7 @@ Use::
 import copy
 from typing import Any, Dict, Iterable
 
-__all__ = ["DATASETS", "PRESETS", "FROM_SCRATCH", "AUGMENT_CHOICES", "TTA_CHOICES", "SCORE_THRESH_MAP",
+__all__ = ["DATASETS", "OWN_DATASETS", "PRESETS", "FROM_SCRATCH", "AUGMENT_CHOICES", "TTA_CHOICES", "SCORE_THRESH_MAP",
            "SCORE_THRESH_VIS", "NMS_THRESH", "get_preset", "from_scratch_overrides"]
 
 # Per-dataset defaults of the command line.
@@ -50,6 +51,12 @@ DATASETS: Dict[str, Dict[str, Any]] = {
                 cls_loss_weight=1.0, fpn_channels=128, stem_channels=[128, 128], pretrained=True, device="cuda",
                 num_workers=4),
 }
+# One's own data (train_fcos.py --dataset coco|voc-xml|yolo; eecs598.data.formats, docs/data.md): the
+# assignment's GPU setting, each with its folder. Kept apart from DATASETS, the course's datasets with their
+# fixed class lists (the model report builds one model per DATASETS entry); the class list comes from the data.
+OWN_DATASETS: Dict[str, Dict[str, Any]] = {
+    kind: dict(DATASETS["voc"], data_dir=folder)
+    for kind, folder in (("coco", "data/coco"), ("voc-xml", "data/VOCdevkit/VOC2007"), ("yolo", "data/yolo"))}
 
 # A randomly initialised trunk (no ImageNet weights, e.g. offline): the course's plain SGD at lr 5e-3
 # diverges to NaN within ~150 iterations there. AdamW adapts the step per parameter, the warm-up avoids

@@ -112,6 +112,7 @@ def test_notebook_runs_headless_in_smoke_mode(tmp_path, monkeypatch):
     assert (output_dir / "fcos_smoke_detector.pt").is_file()
     assert (output_dir / "fcos_smoke_checkpoint.pt").is_file()
     assert (output_dir / "mAP" / "output" / "output.txt").is_file()
+    assert (output_dir / "predictions" / "detections.jsonl").is_file()  # the last section: predict()
     assert (data_dir / "shapes-smoke" / "shapes_train.json").is_file()
     assert elapsed < TOTAL_BUDGET_S, (f"the smoke run took {elapsed:.0f}s, more than {TOTAL_BUDGET_S}s: keep the "
                                       "smoke-mode settings of the notebook small")

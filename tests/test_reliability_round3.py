@@ -83,7 +83,7 @@ def _resaved(trained, tmp_path, change) -> str:
     ("num_val", 0, "--num-val"),
     ("stem_channels", 16, "--stem-channels"),
     ("fpn_channels", -1, "--fpn-channels"),
-    ("dataset", "coco", "--dataset"),
+    ("dataset", "imagenet", "--dataset"),
     ("box_loss", "huber", "--box-loss"),
 ])
 def test_eval_only_refuses_saved_settings_the_command_line_refuses(trained, tmp_path, capsys, no_rendering, key,

@@ -98,18 +98,7 @@ class DetectionJsonDataset(Dataset):
         self.json_path = json_file if os.path.isabs(json_file) else os.path.join(dataset_dir, json_file)
         hint = f" {missing_hint}" if missing_hint else ""
 
-        if not os.path.isfile(self.json_path):
-            raise FileNotFoundError(f"Annotation file {self.json_path} not found.{hint}")
-        try:
-            with open(self.json_path) as f:
-                entries = json.load(f)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{self.json_path} is not valid JSON ({e}).{hint}") from e
-        if not isinstance(entries, list):
-            raise ValueError(f"{self.json_path}: expected a list of [image_path, objects] entries, "
-                             f"got {type(entries).__name__}")
-        if not entries:
-            raise ValueError(f"{self.json_path} contains no entries: the dataset is empty.")
+        entries = self._load_entries(hint)
 
         self.image_paths: List[str] = []
         self._boxes: List[torch.Tensor] = []  # per image (K, 4) float32, original pixels
@@ -131,6 +120,25 @@ class DetectionJsonDataset(Dataset):
             transforms.ToTensor(),
             transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ])
+
+    def _load_entries(self, hint: str) -> List[Any]:
+        """The annotation entries, ``[[image_path, [{"name": ..., "xyxy": [...]}, ...]], ...]``, read from
+        ``self.json_path``. The readers of other formats (``eecs598.data.formats``) override this to hand over
+        their own files in this layout, so that every format shares the validation, the geometry and
+        ``__getitem__`` below."""
+        if not os.path.isfile(self.json_path):
+            raise FileNotFoundError(f"Annotation file {self.json_path} not found.{hint}")
+        try:
+            with open(self.json_path) as f:
+                entries = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{self.json_path} is not valid JSON ({e}).{hint}") from e
+        if not isinstance(entries, list):
+            raise ValueError(f"{self.json_path}: expected a list of [image_path, objects] entries, "
+                             f"got {type(entries).__name__}")
+        if not entries:
+            raise ValueError(f"{self.json_path} contains no entries: the dataset is empty.")
+        return entries
 
     def _refuse_duplicates(self) -> None:
         """Each image may appear once: a second entry would be trained on twice as often and, at inference,

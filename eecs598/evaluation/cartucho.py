@@ -327,7 +327,7 @@ class CartuchoWriter:
             if name.startswith(".partial-") or name.startswith(".previous-"):
                 shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
 
-    def add(self, image_id: str, source: str, gt_rows, predictions) -> None:
+    def add(self, image_id: str, source: str, gt_rows, predictions, difficult_rows=None) -> None:
         """Write one image's files.
 
         Args:
@@ -335,6 +335,8 @@ class CartuchoWriter:
             source: where the image came from (named in the duplicate-id error).
             gt_rows: ``(K, 5)`` rows ``(x1, y1, x2, y2, class_id)`` (no ``-1`` rows), tensor or array.
             predictions: ``(N, 6)`` rows ``(x1, y1, x2, y2, class_id, score)``.
+            difficult_rows: ``(D, 5)`` rows like ``gt_rows`` written after them with the ``difficult`` flag
+                (the mAP ignores detections on them), or None.
         """
         if image_id in self.ids:
             raise ValueError(f"two test images share the id {image_id!r} ({self.ids[image_id]} and {source}); "
@@ -342,6 +344,9 @@ class CartuchoWriter:
         self.ids[image_id] = source
         names = self.idx_to_class
         gt_lines = [f"{names[int(c)]} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n" for x1, y1, x2, y2, c in _rows(gt_rows)]
+        if difficult_rows is not None:
+            gt_lines += [f"{names[int(c)]} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} difficult\n"
+                         for x1, y1, x2, y2, c in _rows(difficult_rows)]
         det_lines = [f"{names[int(c)]} {s:.6f} {x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f}\n"
                      for x1, y1, x2, y2, c, s in _rows(predictions)]
         for folder, lines in zip(self.FOLDERS, (gt_lines, det_lines)):

@@ -5,10 +5,11 @@ with one of the consumers below.
 """
 import tempfile
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from .. import utils
 from ..data.transforms import unnormalize
@@ -16,25 +17,30 @@ from .cartucho import CartuchoWriter
 from .evaluator import DatasetEvaluator, ImageResult, check_idx_to_class, image_id_of, inference_on_dataset
 from .mean_ap import MapResult, evaluate_map
 
-__all__ = ["inference_with_detector", "CartuchoExporter", "DetectionDrawer", "MapEvaluator"]
+__all__ = ["inference_with_detector", "CartuchoExporter", "DetectionDrawer", "MapEvaluator", "difficult_gt_of"]
 
 
 class CartuchoExporter(DatasetEvaluator):
     """Writes the Cartucho/mAP input files of every image, all or nothing (:class:`CartuchoWriter`).
 
     ``evaluate()`` swaps the new ``ground-truth`` / ``detection-results`` folders in for the old ones;
-    ``abort()`` leaves the previous results untouched.
+    ``abort()`` leaves the previous results untouched. ``difficult_gt(image_path) -> (D, 5)`` rows, when
+    given (a dataset's ``difficult_gt``, see ``eecs598.data.formats``), adds each image's difficult objects
+    to its ground-truth file with the ``difficult`` flag.
     """
 
-    def __init__(self, output_dir: str, idx_to_class: Dict[int, str], announce_failure: bool = True):
+    def __init__(self, output_dir: str, idx_to_class: Dict[int, str], announce_failure: bool = True,
+                 difficult_gt: Optional[Callable[[str], torch.Tensor]] = None):
         self.output_dir, self.idx_to_class, self.announce_failure = output_dir, idx_to_class, announce_failure
+        self.difficult_gt = difficult_gt
         self.writer: Optional[CartuchoWriter] = None
 
     def reset(self) -> None:
         self.writer = CartuchoWriter(self.output_dir, self.idx_to_class)
 
     def process(self, result: ImageResult) -> None:
-        self.writer.add(image_id_of(result.image_path), result.image_path, result.gt, result.predictions)
+        difficult = None if self.difficult_gt is None else self.difficult_gt(result.image_path)
+        self.writer.add(image_id_of(result.image_path), result.image_path, result.gt, result.predictions, difficult)
 
     def evaluate(self) -> str:
         self.writer.commit()
@@ -65,14 +71,15 @@ class MapEvaluator(DatasetEvaluator):
     evaluation during training: each process has its own folder, so nothing is shared between ranks.
     """
 
-    def __init__(self, idx_to_class: Dict[int, str]):
-        self.idx_to_class = idx_to_class
+    def __init__(self, idx_to_class: Dict[int, str], difficult_gt: Optional[Callable[[str], torch.Tensor]] = None):
+        self.idx_to_class, self.difficult_gt = idx_to_class, difficult_gt
         self.folder: Optional[tempfile.TemporaryDirectory] = None
         self.exporter: Optional[CartuchoExporter] = None
 
     def reset(self) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="fcos-map-")
-        self.exporter = CartuchoExporter(self.folder.name, self.idx_to_class, announce_failure=False)
+        self.exporter = CartuchoExporter(self.folder.name, self.idx_to_class, announce_failure=False,
+                                         difficult_gt=self.difficult_gt)
         self.exporter.reset()
 
     def process(self, result: ImageResult) -> None:
@@ -88,6 +95,16 @@ class MapEvaluator(DatasetEvaluator):
         if self.folder is not None:
             self.exporter.abort()
             self.folder.cleanup()
+
+
+def difficult_gt_of(loader) -> Optional[Callable[[str], torch.Tensor]]:
+    """The ``difficult_gt`` method of the dataset behind ``loader`` (through ``Subset``s), or None: the datasets
+    of ``eecs598.data.formats`` keep VOC's difficult objects and COCO's crowd regions apart from the GT rows;
+    the course's datasets have none, so their files stay exactly as before."""
+    dataset = getattr(loader, "dataset", loader)
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "difficult_gt", None)
 
 
 def _check_arguments(detector, test_loader, idx_to_class, score_thresh, nms_thresh) -> None:
@@ -123,7 +140,9 @@ def inference_with_detector(
     ``output_dir/ground-truth/<id>.txt`` and ``output_dir/detection-results/<id>.txt``, where ``<id>`` is
     the image file name without extension (see :class:`eecs598.evaluation.cartucho.CartuchoWriter`). The set
     is written all or nothing: the previous results are replaced only once every image succeeded, and stay
-    untouched after a failure. Coordinates are pixels of the network input (the ``S x S`` crop).
+    untouched after a failure. Coordinates are pixels of the network input (the ``S x S`` crop). A dataset
+    with a ``difficult_gt`` method (``eecs598.data.formats``) also gets its difficult objects written, flagged
+    ``difficult`` (:func:`difficult_gt_of`).
 
     Args:
         detector: in eval mode ``detector(image (1,3,H,W), test_score_thresh=..., test_nms_thresh=...)`` returns
@@ -140,7 +159,8 @@ def inference_with_detector(
             (``eecs598.models.tta.detect_with_tta``). None: plain inference (the course's).
     """
     _check_arguments(detector, test_loader, idx_to_class, score_thresh, nms_thresh)
-    consumer = DetectionDrawer(idx_to_class) if output_dir is None else CartuchoExporter(output_dir, idx_to_class)
+    consumer = DetectionDrawer(idx_to_class) if output_dir is None else \
+        CartuchoExporter(output_dir, idx_to_class, difficult_gt=difficult_gt_of(test_loader))
     start = time.time()
     inference_on_dataset(detector, test_loader, [consumer], score_thresh, nms_thresh, dtype=dtype, device=device,
                          tta=tta, progress=progress, caller="inference_with_detector")

@@ -100,7 +100,7 @@ def load_detector(checkpoint_path: str, device="cpu") -> LoadedDetector:
             not finite, of the wrong type or do not fit its settings.
         ValueError: the checkpoint has no saved settings (not written by ``train_fcos.py``).
     """
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, training_state=False)  # only the weights are needed here
     config = checkpoint.get("run_config") or {}
     names = class_names_of(config)
     missing = [k for k in ("fpn_channels", "stem_channels", "image_size") if k not in config]

@@ -41,6 +41,7 @@ from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.hooks import CsvLogHook, PeriodicEvalHook, TensorBoardHook
 from ..train.runtime import choose_cpu_threads
 from ..utils import plot_loss_history
+from .dataset_args import CUSTOM_DATASETS, build_custom_datasets
 from .detector import build_fcos, load_checkpoint_weights
 from .train_args import (RUN_CONFIG_KEYS, UsageError, check_args, check_voc_files, model_options, parse_args,
                          settings_problem, train_settings)
@@ -196,6 +197,8 @@ def load_for_evaluation(args: argparse.Namespace, checkpoint_path: str) -> dict:
 def build_datasets(args, train: bool = True):
     """Train and val datasets of the chosen kind. ``train=False`` (``--eval-only``): the train split is
     neither generated nor read, and ``None`` is returned for it."""
+    if args.dataset in CUSTOM_DATASETS:  # one's own data: COCO, VOC XML, YOLO (eecs598.data.formats)
+        return build_custom_datasets(args, UsageError, train=train)
     if args.dataset == "shapes":
         kwargs = dict(image_size=args.image_size, num_train=args.num_train, num_val=args.num_val, seed=0)
         # Shapes are at most 64 px (the generator's default), and never larger than the image (--image-size 32).
@@ -311,7 +314,8 @@ _STEADY_FLAGS = (f"--optimizer {FROM_SCRATCH['optimizer']} --lr {FROM_SCRATCH['l
 def quick_map(args, model, val_set) -> float:
     """mAP@0.5 on the first ``--eval-images`` val images (periodic evaluation during training)."""
     subset = Subset(val_set, range(min(args.eval_images, len(val_set))))
-    result, = inference_on_dataset(model, DataLoader(subset, batch_size=1), [MapEvaluator(val_set.idx_to_class)],
+    evaluator = MapEvaluator(val_set.idx_to_class, difficult_gt=getattr(val_set, "difficult_gt", None))
+    result, = inference_on_dataset(model, DataLoader(subset, batch_size=1), [evaluator],
                                    args.score_thresh, args.nms_thresh, device=args.device, progress=False,
                                    caller="periodic evaluation")
     return result.map

@@ -14,10 +14,11 @@ import torch
 from ..errors import SettingError
 from ..models.backbones import BACKBONES, build_classifier, load_trunk_weights
 from ..models.options import check_model_options
-from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, PRESETS, SCORE_THRESH_MAP, SCORE_THRESH_VIS, TTA_CHOICES,
-                       get_preset)
+from ..recipes import (AUGMENT_CHOICES, DATASETS, NMS_THRESH, OWN_DATASETS, PRESETS, SCORE_THRESH_MAP, SCORE_THRESH_VIS,
+                       TTA_CHOICES, get_preset)
 from ..train.checkpoint import check_writable
 from ..train.settings import TrainSettings
+from .dataset_args import CUSTOM_DATASETS, CUSTOM_RUN_CONFIG_KEYS, add_custom_dataset_options, check_custom_data
 from .detector import MODEL_OPTION_KEYS
 
 __all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "settings_problem", "check_args",
@@ -26,7 +27,7 @@ __all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "setti
 # Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
 RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
                    "num_train", "num_val", "preset", "backbone", "backbone_weights", "head_norm", "box_loss",
-                   "center_sampling_radius", "p6p7")
+                   "center_sampling_radius", "p6p7") + CUSTOM_RUN_CONFIG_KEYS
 
 # The flag of each setting, for messages in the command line's words.
 _FLAGS = {"learning_rate": "--lr", "weight_decay": "--weight-decay", "max_iters": "--max-iters",
@@ -55,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                "  python train_fcos.py --dataset shapes --run-dir runs/shapes-demo\n"
                "  python train_fcos.py --dataset voc --data-dir data --download --run-dir runs/voc --device cuda\n"
                "  python train_fcos.py --dataset voc --run-dir runs/voc --eval-only\n"
+               "  python train_fcos.py --dataset voc-xml --data-dir data/VOCdevkit/VOC2007 --device cuda\n"
                "  torchrun --nproc_per_node 4 train_fcos.py --dataset voc --device cuda --run-dir runs/voc4",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--dataset", choices=sorted(DATASETS), default="shapes", help="which dataset and preset (default: shapes)")
+    add("--dataset", choices=sorted(DATASETS) + sorted(OWN_DATASETS), default="shapes",
+        help="which dataset and preset (default: shapes); coco, voc-xml, yolo: your own data (docs/data.md)")
     add("--run-dir", default=None, help="output directory (default: runs/<dataset>)")
     add("--data-dir", default=None, help=f"dataset directory {_preset('data_dir')}")
     add("--download", action="store_true", help="voc: download and extract the dataset first (md5-checked)")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_options(parser)
     _add_speed_options(parser)
     _add_evaluation_options(parser)
+    add_custom_dataset_options(parser)
     return parser
 
 
@@ -234,7 +238,7 @@ def _stem_problem(stem_channels) -> Optional[str]:
 def _choice_problem(args: argparse.Namespace) -> Optional[str]:
     """What argparse itself guarantees on the command line (choices, types), checked again for settings that
     come from elsewhere (a checkpoint's saved ``run_config``)."""
-    for option, name, choices in (("--dataset", "dataset", DATASETS), ("--preset", "preset", PRESETS)):
+    for option, name, choices in (("--dataset", "dataset", {**DATASETS, **OWN_DATASETS}), ("--preset", "preset", PRESETS)):
         if getattr(args, name) not in choices:
             return f"{option} must be one of {', '.join(sorted(choices))}, got {getattr(args, name)!r}"
     if not isinstance(args.data_dir, str):
@@ -281,7 +285,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error(f"--coco: {e}")
 
     args.explicit = {k for k, v in vars(args).items() if v is not None}  # to tell defaults from choices
-    for key, value in DATASETS[args.dataset].items():
+    for key, value in {**DATASETS, **OWN_DATASETS}[args.dataset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     apply_recipe_preset(args)
@@ -366,6 +370,8 @@ def check_args(args: argparse.Namespace) -> None:
                          f"without --eval-only), or point --run-dir at a finished run.")
     if args.dataset == "voc" and not args.download and not args.eval_only:  # --eval-only: the checkpoint's data
         check_voc_files(args.data_dir)
+    if args.dataset in CUSTOM_DATASETS and not args.eval_only:
+        check_custom_data(args, UsageError)
     if args.backbone_weights is not None and not args.eval_only:
         check_backbone_weights(args.backbone, args.backbone_weights)
     if not args.eval_only:

@@ -97,8 +97,14 @@ def check_writable(path: str) -> None:
                       f"checkpoint_path (or --run-dir).")
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str, training_state: bool = True) -> Dict[str, Any]:
     """Load a training checkpoint on the CPU, after verifying every member's CRC-32.
+
+    Args:
+        path: the file.
+        training_state: require everything a resume needs (settings, iteration, optimiser, history, RNG
+            states). ``False``: only the weights are needed (predict, export; a checkpoint whose optimiser
+            state was stripped to share it still loads).
 
     Raises:
         FileNotFoundError: no such file.
@@ -128,7 +134,7 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a training checkpoint of this version (format {CHECKPOINT_FORMAT}, "
                            f"found {found!r}). {advice}")
-    problem = _content_problem(checkpoint)
+    problem = _content_problem(checkpoint, training_state)
     if problem:
         raise CheckpointError(f"Checkpoint {path} cannot be used: {problem}. {advice}")
     return checkpoint
@@ -140,18 +146,20 @@ _REQUIRED_ENTRIES = {"settings": "the training settings", "state": "the iteratio
                      "rng": "the random-number states a resume restores"}
 
 
-def _content_problem(checkpoint: Dict[str, Any]) -> Optional[str]:
+def _content_problem(checkpoint: Dict[str, Any], training_state: bool = True) -> Optional[str]:
     """What makes a checkpoint of the right format unusable (a missing entry, weights that are not finite
     tensors: a file changed and saved again passes the CRC check), or None."""
-    for key, what in _REQUIRED_ENTRIES.items():
+    required = _REQUIRED_ENTRIES if training_state else {"model": _REQUIRED_ENTRIES["model"]}
+    for key, what in required.items():
         if not isinstance(checkpoint.get(key), dict):
             return f"its {key!r} entry ({what}) is missing or not a dict"
-    iteration = checkpoint["state"].get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        return f"its 'state' entry has no iteration count (got {iteration!r})"
-    problem = rng_state_problem(checkpoint["rng"])
-    if problem:
-        return f"its 'rng' entry (the random-number states a resume restores) {problem}"
+    if training_state:
+        iteration = checkpoint["state"].get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+            return f"its 'state' entry has no iteration count (got {iteration!r})"
+        problem = rng_state_problem(checkpoint["rng"])
+        if problem:
+            return f"its 'rng' entry (the random-number states a resume restores) {problem}"
     for key in ("model", "ema"):
         weights = checkpoint.get(key)
         if weights is None:
