@@ -2,9 +2,7 @@
 
 The reference is the PyTorch detector itself through ``eecs598.tools.detect.detect_photos`` (the core of
 ``python -m eecs598.predict``), never the export's own code. The models are small and randomly initialised,
-with their head's last layers re-drawn so that scores spread over [0, 1] and boxes are several strides wide
-(a fresh head gives every location nearly the same score and zero-size boxes, which would leave the score
-threshold and NMS untested).
+with their head re-drawn so that scores spread and boxes overlap (``tiny_checkpoint``).
 """
 import json
 import os
@@ -16,7 +14,6 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from eecs598 import reset_seed
 from eecs598.tools.detect import detect_photos
 from eecs598.tools.detector import load_detector
 
@@ -25,33 +22,7 @@ ort = pytest.importorskip("onnxruntime", reason="the export check needs onnxrunt
 
 from eecs598.tools import export  # noqa: E402  (after the skips)
 
-CLASSES = ["circle", "square", "triangle"]
-IMAGE_SIZE = 64
-
-
-def save_checkpoint(path, image_size=IMAGE_SIZE, seed=0, **options):
-    """A checkpoint in train_fcos.py's format of a small random FCOS whose head gives spread scores."""
-    from eecs598.tools.detector import build_fcos
-    from eecs598.train.checkpoint import CHECKPOINT_FORMAT
-
-    reset_seed(seed)
-    model = build_fcos(len(CLASSES), 16, [16], pretrained=False, **options)
-    with torch.no_grad():
-        for conv in model.pred_net.modules():
-            if isinstance(conv, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-                conv.bias.zero_()
-        head = model.pred_net
-        head.pred_cls.weight.mul_(5.0)  # scores from ~0.2 to ~0.7, different in every photo
-        head.pred_ctr.weight.mul_(5.0)
-        head.pred_cls.bias.fill_(-2.0)
-        head.pred_box.weight.mul_(0.05)
-        head.pred_box.bias.fill_(2.0)  # boxes ~4 strides wide: neighbours overlap (IoU 0.6), NMS has work
-    run_config = {"dataset": "shapes", "image_size": image_size, "fpn_channels": 16, "stem_channels": [16],
-                  "class_names": CLASSES, **options}
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "ema": None, "run_config": run_config},
-               path)
-    return path
+from tiny_checkpoint import CLASSES, IMAGE_SIZE, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
