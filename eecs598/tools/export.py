@@ -381,7 +381,9 @@ class VerifyReport:
         return not self.failures
 
     def summary(self) -> str:
-        verdict = "OK" if self.ok else f"FAILED ({len(self.failures)} problems)"
+        verdict = "OK" if self.ok else (
+            f"FAILED ({len(self.failures)} problems; where two overlapping boxes of a class have scores closer than "
+            f"the runtimes' rounding, ~1e-6, NMS may keep either: see docs/deploy.md)")
         return (f"verify: {verdict}: {self.images} photos, {self.detections} detections "
                 f"({self.empty_images} photos without any, and all {self.images} again at score_thresh=1), "
                 f"largest differences {self.max_box_diff:.2e} px, score {self.max_score_diff:.2e} "
