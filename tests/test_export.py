@@ -61,15 +61,15 @@ def test_the_file_is_standard_onnx_with_the_preprocessing_in_its_metadata(export
 
 
 def test_onnxruntime_matches_pytorch_on_the_voc_sample_and_on_empty_images(exported, voc_photos):
-    """48 VOC photos in batches of 4 of different padded sizes, at two thresholds, and again at score_thresh = 1
-    (no detection can exist): same count per photo, boxes within 1e-3 px, scores within 1e-4."""
+    """48 VOC photos in batches of 4 of different padded sizes at 0.3, half of them at 0.5, each again at
+    score_thresh = 1 (no detection can exist): same count per photo, boxes within 1e-3 px, scores within 1e-4."""
     loaded, onnx_path = exported
-    for score_thresh in (0.3, 0.5):
-        report = export.verify_export(onnx_path, loaded, voc_photos, score_thresh=score_thresh, nms_thresh=0.5)
+    for photos, score_thresh in ((voc_photos, 0.3), (voc_photos[1::2], 0.5)):
+        report = export.verify_export(onnx_path, loaded, photos, score_thresh=score_thresh, nms_thresh=0.5)
         assert report.ok, report.failures[:5]
-        assert report.images == 48 and report.detections > 200, report.summary()
+        assert report.images == len(photos) and report.detections > 100, report.summary()
         assert report.max_box_diff <= 1e-3 and report.max_score_diff <= 1e-4
-    assert report.empty_images >= 3  # at 0.5 several photos have no detection
+    assert report.empty_images >= 2  # at 0.5 several photos have no detection
 
 
 def test_the_graph_runs_nms_class_by_class_as_the_course_does(exported, voc_photos):
