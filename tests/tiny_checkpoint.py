@@ -17,7 +17,7 @@ IMAGE_SIZE = 64
 def save_checkpoint(path, image_size=IMAGE_SIZE, seed=0, **options):
     """Write the checkpoint at ``path`` (model options such as ``head_norm="group"`` go to FCOS); returns ``path``."""
     from eecs598.tools.detector import build_fcos
-    from eecs598.train.checkpoint import CHECKPOINT_FORMAT
+    from eecs598.train.checkpoint import CHECKPOINT_FORMAT, rng_state
 
     reset_seed(seed)
     model = build_fcos(len(CLASSES), 16, [16], pretrained=False, **options)
@@ -34,6 +34,9 @@ def save_checkpoint(path, image_size=IMAGE_SIZE, seed=0, **options):
         head.pred_box.bias.fill_(2.0)
     run_config = {"dataset": "shapes", "image_size": image_size, "fpn_channels": 16, "stem_channels": [16],
                   "class_names": CLASSES, **options}
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "ema": None, "run_config": run_config},
-               path)
+    # Every entry train_detector writes (load_checkpoint refuses a checkpoint without them); no step was taken.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.save({"format": CHECKPOINT_FORMAT, "settings": {"max_iters": 0}, "state": {"iteration": 0},
+                "model": model.state_dict(), "detector_state": None, "optimizer": optimizer.state_dict(),
+                "ema": None, "history": {}, "rng": rng_state(), "run_config": run_config}, path)
     return path
