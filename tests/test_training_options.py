@@ -40,6 +40,7 @@ from a4_helper import train_detector
 from eecs598.train import HookBase
 from eecs598.train.api import resolve_memory_format
 from eecs598.train.checkpoint import load_checkpoint
+from eecs598.train.distributed import DistributedContext
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,40 @@ def test_four_micro_batches_of_four_equal_one_batch_of_sixteen(shapes16):
     train_float64(Plain(naive), shapes16, batch_size=4, accumulate_steps=4)
     assert max_relative_difference(naive.state_dict(), big.state_dict()) > 1e-3
     assert abs(naive.loss_normalizer - big.loss_normalizer) > 1.0
+
+
+class OneProcessGroup(DistributedContext):
+    """A distributed context over a gloo process group of one: the DDP wrapper and its reductions, in-process."""
+
+    @property
+    def enabled(self):
+        return True
+
+
+def test_under_ddp_only_the_last_micro_batch_all_reduces_and_the_result_is_one_big_batch(shapes16, monkeypatch):
+    import torch.distributed as dist
+
+    entered = []
+    no_sync = nn.parallel.DistributedDataParallel.no_sync
+
+    def counting_no_sync(self):
+        entered.append(1)
+        return no_sync(self)
+
+    monkeypatch.setattr(nn.parallel.DistributedDataParallel, "no_sync", counting_no_sync)
+    big = float64_fcos()
+    big_history = train_float64(big, shapes16, batch_size=8, accumulate_steps=1, iters=2)
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:0")
+    try:
+        small = float64_fcos()
+        history = train_detector(small, DataLoader(shapes16, batch_size=4, collate_fn=collate_float64),
+                                 learning_rate=0.01, max_iters=2, plot=False, progress=False, data_seed=3,
+                                 freeze_bn=True, accumulate_steps=2, distributed=OneProcessGroup())
+    finally:
+        dist.destroy_process_group()
+    assert len(entered) == 2  # one no_sync() per step: micro-batch 0 of 2 (the last one all-reduces)
+    np.testing.assert_allclose(history["total"], big_history["total"], rtol=1e-12)
+    assert max_relative_difference(small.state_dict(), big.state_dict()) < 1e-12
 
 
 class Blank(Dataset):
@@ -197,6 +232,23 @@ def test_fp16_skips_the_step_whose_micro_batch_overflows():
     # Steps 0 and 2 landed (lr 0.1 each), step 1 was skipped by the gradient scaler: no error, as for any fp16
     # overflow, and the scaler's step and update ran once per optimiser step (else steps would be lost).
     assert model.w.item() == pytest.approx(-0.2, abs=1e-12)
+
+
+def test_fp16_without_step_sync_skips_every_step_after_a_bad_one():
+    model = CountingScalar()
+    calls = []
+
+    def poison_step_5(module, args, losses):  # a Python counter: the guard's buffer restore cannot undo it
+        calls.append(1)
+        return {"loss_cls": losses["loss_cls"] * math.nan} if len(calls) == 6 else None
+
+    model.register_forward_hook(poison_step_5)
+    with pytest.raises(FloatingPointError) as error:
+        scalar_run(model, 10, log_period=4, precision="fp16", sync_every_step=False)
+    assert_message(error.value, "non-finite loss at iteration 5: loss_cls=nan", "later steps were skipped")
+    # Steps 0-4 landed (lr 0.1); 5 was bad, and 6 and 7 (lr 0.01 from int(0.6*10) = 6) were skipped as the
+    # message says (they landed before: w was -0.52).
+    assert model.w.item() == pytest.approx(-0.5, abs=1e-12)
 
 
 def test_sync_free_accumulation_skips_the_bad_step_and_says_which(tmp_path):

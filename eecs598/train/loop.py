@@ -296,6 +296,13 @@ class Trainer:
         if self.scaler is not None:
             # An fp16 step whose gradients overflow is skipped by the scaler (that is its job); a poisoned
             # (non-finite) loss makes every gradient NaN, so the guard's failures are skipped the same way.
+            if not self.guard.sync:
+                # Sync-free: once a step went bad, every later one is skipped too (as found_inf does below):
+                # gradients multiplied by NaN instead of 1 make the scaler skip them, without a host sync.
+                grads = [p.grad for p in self.params if p.grad is not None]
+                if grads:
+                    poison = torch.where(self.guard.healthy, 1.0, math.nan).to(grads[0].dtype)
+                    torch._foreach_mul_(grads, poison)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.guard.sync:
