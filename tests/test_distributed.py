@@ -122,7 +122,8 @@ LAUNCH = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127
     ({"EECS598_RENDEZVOUS_TIMEOUT": "0"}, "EECS598_RENDEZVOUS_TIMEOUT='0' must be a number of seconds > 0"),
     ({"EECS598_BARRIER_TIMEOUT": "soon"}, "EECS598_BARRIER_TIMEOUT='soon' must be a number of seconds > 0"),
     ({"WORLD_SIZE": "1", "RANK": "1"}, r"RANK=1 must be in \[0, 1\)"),
-])
+], ids=["world-abc", "world-0", "no-rank", "rank-2", "rank-neg", "rank-word", "local-x", "no-addr", "no-port",
+        "port-70000", "join-limit-0", "barrier-limit-word", "rank-1-of-1"])
 def test_launch_variables_are_checked_before_anything_waits(monkeypatch, changes, message):
     """Each bad value is named with the fix, before a store is contacted (MASTER_PORT 29500 has no one
     listening: a check that came too late would wait there instead)."""
@@ -165,7 +166,11 @@ def test_a_missing_peer_ends_the_rendezvous_in_seconds_naming_it(tmp_path):
     runs = [subprocess.Popen(argv + ["--data-dir", str(tmp_path / f"d{rank}"), "--run-dir", str(tmp_path / f"r{rank}")],
                              env={**base, "RANK": str(rank), "MASTER_PORT": str(_free_port())}, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
-    results = [run.communicate(timeout=120) for run in runs]
+    try:
+        results = [run.communicate(timeout=120) for run in runs]
+    finally:  # a process still waiting (no limit) must not outlive the test
+        for run in runs:
+            run.kill()
     alone, orphan = (results[0][1], results[1][1])
     assert [run.returncode for run in runs] == [2, 2], results
     assert ("train_fcos.py: error: rank 0 waited 3 s (EECS598_RENDEZVOUS_TIMEOUT=3) in the rendezvous at "
