@@ -479,9 +479,13 @@ class FCOS(nn.Module):
         # Checks of the input *values* (NaN, class ids, inverted boxes) need a device-to-host copy per
         # call; the engine's sync-free mode turns them off (its guard then catches what they would).
         self.check_input_values = True
+        # Gradient accumulation (see begin_accumulation): None, or the summed (foreground count, images)
+        # of the micro-batches of the current optimiser step.
+        self._accumulated = None
         # Channels-last ("NHWC") weights: oneDNN's CPU convolutions (RegNet's grouped ones most of
-        # all) run faster on NHWC data, about 15% per training step here
-        # (benchmarks/bench_train_step.py). .to(device/dtype) and load_state_dict keep the layout.
+        # all) run faster on NHWC data (benchmarks/bench_memory_format.py). .to(device/dtype) and
+        # load_state_dict keep the layout; forward gives the input the layout of the weights, so
+        # model.to(memory_format=torch.contiguous_format) (train_detector does it on CUDA) switches both.
         self.to(memory_format=torch.channels_last)
 
     # -- training state -------------------------------------------------------------------------
@@ -506,18 +510,62 @@ class FCOS(nn.Module):
             raise ValueError(f"FCOS.load_training_state: the normaliser must be a finite number > 0, got {value}")
         self._normalizer, self._normalizer_anchor = value, float(state.get("normalizer_anchor", value))
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Layout of the conv weights, which ``forward`` gives its input: ``torch.channels_last`` after
+        ``__init__``, ``torch.contiguous_format`` after ``model.to(memory_format=torch.contiguous_format)``."""
+        weight = next((p for p in self.backbone.parameters() if p.dim() == 4), None)
+        if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def begin_accumulation(self) -> None:
+        """Start the micro-batches of one optimiser step (gradient accumulation, ``train_detector``).
+
+        Until :meth:`end_accumulation`, training forward passes divide their loss sums by the normaliser as
+        it was before the step (times their own batch size) and add their foreground counts and image
+        counts to a running sum instead of updating the EMA.
+        """
+        device = next(self.parameters()).device
+        self._normalizer = torch.as_tensor(self._normalizer, dtype=torch.float64, device=device)
+        self._accumulated = 0.0
+
+    def end_accumulation(self, apply: bool = True) -> torch.Tensor:
+        """End the micro-batches of a step: update the EMA once with their summed counts, as for one batch
+        of all their images, and return ``old / new`` normaliser (0-dim float64).
+
+        Each micro-batch ``i`` of ``b_i`` images returned ``S_i / (old * b_i)``; weighted by ``b_i / B``
+        (``B = sum b_i``) and multiplied by the returned ratio, their sum is ``sum S_i / (new * B)``: the
+        losses, and gradients, of one batch of ``B`` images. ``apply=False`` (a failed step) leaves the EMA
+        as it was and returns 1.
+        """
+        accumulated, self._accumulated = getattr(self, "_accumulated", None), None
+        if not apply or not isinstance(accumulated, torch.Tensor):
+            return torch.ones((), dtype=torch.float64)
+        old = torch.as_tensor(self._normalizer, dtype=torch.float64, device=accumulated.device)
+        self._apply_normalizer_update(accumulated[0], accumulated[1])
+        return old / self._normalizer
+
     def _update_normalizer(self, is_foreground: torch.Tensor) -> None:
         """The course's EMA ``0.9 * old + 0.1 * num_fg / B``, summed over processes when distributed.
 
         Batches without any foreground location follow the same EMA but cannot pull it below half of
         its value after the last batch with objects: a long run of object-free batches would
         otherwise drive it towards 0 and multiply the next normal batch's losses by ~50. Computed on
-        the device (no host sync).
+        the device (no host sync). Between :meth:`begin_accumulation` and :meth:`end_accumulation` the
+        counts are summed instead.
         """
         count = is_foreground.sum().to(torch.float64)
         batch_size = count.new_tensor(float(is_foreground.shape[0]))
         if self.distributed_reduce is not None:
             count, batch_size = self.distributed_reduce(torch.stack([count, batch_size]))
+        if getattr(self, "_accumulated", None) is not None:
+            self._accumulated = self._accumulated + torch.stack([count, batch_size]).detach()
+            return
+        self._apply_normalizer_update(count, batch_size)
+
+    def _apply_normalizer_update(self, count: torch.Tensor, batch_size: torch.Tensor) -> None:
+        """One EMA step with ``count`` foreground locations over ``batch_size`` images (0-dim float64)."""
         old = torch.as_tensor(self._normalizer, dtype=torch.float64, device=count.device)
         anchor = torch.as_tensor(self._normalizer_anchor, dtype=torch.float64, device=count.device)
         updated = 0.9 * old + 0.1 * count / batch_size
@@ -615,8 +663,8 @@ class FCOS(nn.Module):
             self._check_gt_boxes(images, gt_boxes)
 
         ### BEGIN SOLUTION
-        # NHWC input makes every conv output NHWC too (see __init__): one copy of the input.
-        feats_per_fpn_level = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        # Input in the weights' layout (NHWC by default, see __init__): one copy, every conv output follows.
+        feats_per_fpn_level = self.backbone(images.contiguous(memory_format=self.memory_format))
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         strides_per_fpn_level = self.backbone.fpn_strides
         locations_per_fpn_level = get_fpn_location_coords(

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data.datasets import VOC_CLASSES
 from ..data.shapes import SHAPE_CLASSES
+from ..models.frozen_bn import freeze_batchnorm, holds_frozen_batchnorm
 from ..models.weights import dtype_problems
 from ..train.checkpoint import CheckpointError, load_checkpoint
 
@@ -49,12 +50,16 @@ def load_checkpoint_weights(model: nn.Module, checkpoint: Dict[str, Any], path: 
 
     :func:`~eecs598.train.checkpoint.load_checkpoint` has already refused NaN or infinite weights; this also
     refuses integer tensors where the model holds floats (``load_state_dict`` would copy them as if they were
-    weights) and weights that do not fit the model the settings describe.
+    weights) and weights that do not fit the model the settings describe. Weights of a run trained with
+    ``freeze_bn`` (BatchNorm statistics without ``num_batches_tracked``) first freeze the model's BatchNorm
+    layers the same way, so ``load_detector``, ``--eval-only``, predict and export load them.
 
     Raises:
         CheckpointError: naming ``path`` and the first few offending keys.
     """
     weights = checkpoint_weights(checkpoint)
+    if holds_frozen_batchnorm(weights) and not holds_frozen_batchnorm(model.state_dict()):
+        freeze_batchnorm(model)  # trained with freeze_bn: the same FrozenBatchNorm2d layers (no batch counters)
     wrong_kind = dtype_problems(weights, model.state_dict())
     if wrong_kind:
         raise CheckpointError(f"Checkpoint {path} holds weights of the wrong type ({'; '.join(wrong_kind)}), so it "

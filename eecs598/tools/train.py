@@ -55,7 +55,7 @@ _REPORTED_SETTINGS = (
     "pretrained_loaded", "device", "num_workers", "seed", "score_thresh", "nms_thresh", "data_dir",
     "precision", "fused_optimizer", "no_step_sync", "image_cache", "compile_model", "preset", "backbone",
     "backbone_weights", "head_norm", "box_loss", "center_sampling_radius", "p6p7", "p2", "shape_size", "augment",
-    "tta")
+    "tta", "accumulate_steps", "freeze_bn", "memory_format")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -262,7 +262,11 @@ def train(args, model, train_set, val_set, checkpoint_path: str, context) -> Dic
         print(f"Training FCOS on {args.dataset} ({len(train_set)} images, {args.image_size}px) for "
               f"{args.max_iters} iterations on {args.device}"
               + (f" x {context.world_size} processes" if context.enabled else "")
-              + f": {args.optimizer} lr {args.learning_rate}, batch {args.batch_size}, warm-up {args.warmup_iters}, "
+              + f": {args.optimizer} lr {args.learning_rate}, batch {args.batch_size}"
+              + (f" x {args.accumulate_steps} accumulated (optimiser steps of {args.batch_size * args.accumulate_steps} "
+                 f"images)" if args.accumulate_steps > 1 else "")
+              + (", frozen BatchNorm" if args.freeze_bn else "")
+              + f", warm-up {args.warmup_iters}, "
               f"clip {args.grad_clip_norm}, loss_cls weight {args.cls_loss_weight}, fpn {args.fpn_channels}, "
               f"stem {args.stem_channels}, pretrained {args.pretrained_loaded}, precision {args.precision}.")
     run_config = {k: getattr(args, k) for k in RUN_CONFIG_KEYS}
@@ -271,6 +275,7 @@ def train(args, model, train_set, val_set, checkpoint_path: str, context) -> Dic
         return train_detector(
             model, train_loader, device=args.device, log_period=args.log_period,
             sync_every_step=not args.no_step_sync, image_cache=args.image_cache, compile_model=args.compile_model,
+            memory_format=args.memory_format,
             distributed=context, run_config=run_config, checkpoint_path=checkpoint_path,
             checkpoint_period=args.checkpoint_period, resume=args.resume, extend=args.extend, plot=False,
             progress=not args.no_progress, hooks=_hooks(args, model, train_set, val_set), **train_settings(args))

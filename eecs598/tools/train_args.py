@@ -35,7 +35,7 @@ _FLAGS = {"learning_rate": "--lr", "weight_decay": "--weight-decay", "max_iters"
           "loss_weights": "--cls-loss-weight", "optimizer": "--optimizer", "precision": "--precision",
           "center_sampling_radius": "--center-sampling", "box_loss": "--box-loss", "head_norm": "--head-norm",
           "backbone": "--backbone", "backbone_weights": "--backbone-weights", "p6p7": "--p6p7",
-          "p2": "--fpn-p2", "augment": "--augment"}
+          "p2": "--fpn-p2", "augment": "--augment", "accumulate_steps": "--accumulate", "freeze_bn": "--freeze-bn"}
 # What a flag accepts beyond the setting itself.
 _FLAG_NOTES = {"--grad-clip": " (0 disables clipping)", "--ema-decay": " (0 disables the average)",
                "--center-sampling": " (0 disables centre sampling)"}
@@ -125,6 +125,14 @@ def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
                    help=f"evaluate an exponential moving average of the weights, 0 disables {_preset('ema_decay')}")
     g.add_argument("--cls-loss-weight", type=float, default=None,
                    help=f"weight of loss_cls in the optimised total {_preset('cls_loss_weight')}")
+    g.add_argument("--accumulate", dest="accumulate_steps", type=int, default=1, metavar="N",
+                   help="gradient accumulation: each optimiser step runs over N batches of --batch-size, so "
+                        "--batch-size 4 --accumulate 4 trains like batch 16; iteration counts (--max-iters, "
+                        "periods, warm-up) are optimiser steps (default: 1)")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="freeze the trunk's BatchNorm (torchvision FrozenBatchNorm2d: statistics and affine "
+                        "parameters kept); advisable with small batches, e.g. with --accumulate (default: off, "
+                        "the course's)")
     g.add_argument("--num-workers", type=int, default=None, help=f"DataLoader workers {_preset('num_workers')}")
     g.add_argument("--log-period", type=int, default=50, help="iterations between log lines (default: 50)")
     g.add_argument("--checkpoint-period", type=int, default=200,
@@ -146,6 +154,9 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-step-sync", action="store_true",
                    help="no host sync per step: losses fetched every --log-period iterations (implies "
                         "--fused-optimizer unless --precision fp16); a bad step is still never applied")
+    g.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
+                   help="layout of weights and activations: auto (default) is channels_last on the CPU (faster "
+                        "with oneDNN) and contiguous (NCHW) on CUDA")
     g.add_argument("--image-cache", action="store_true",
                    help="decode the training set once and keep it on the device (VOC at 224 px: 377 MB)")
     g.add_argument("--compile", dest="compile_model", action="store_true", help="torch.compile backbone and head")
@@ -196,7 +207,8 @@ def train_settings(args: argparse.Namespace) -> dict:
                 optimizer=args.optimizer, warmup_iters=args.warmup_iters, grad_clip_norm=args.grad_clip_norm,
                 ema_decay=args.ema_decay,
                 loss_weights=None if args.cls_loss_weight == 1.0 else {"loss_cls": args.cls_loss_weight},
-                precision=args.precision, fused_optimizer=args.fused_optimizer, augment=args.augment)
+                precision=args.precision, fused_optimizer=args.fused_optimizer, augment=args.augment,
+                accumulate_steps=args.accumulate_steps, freeze_bn=args.freeze_bn)
 
 
 def model_options(args: argparse.Namespace) -> dict:

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..data.sampling import ResumableBatchSampler, make_batch_stream
 from ..data.device_cache import DeviceImageCache
+from ..models.frozen_bn import count_frozen_batchnorm, freeze_batchnorm
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .distributed import DistributedContext
@@ -16,7 +17,7 @@ from .loop import LossLog, Trainer, TrainState
 from .optim import WeightEMA, build_optimizer, extended_milestones
 from .settings import TrainSettings, _fail, _is_int, check_loss_weight_names
 
-__all__ = ["train_detector"]
+__all__ = ["train_detector", "MEMORY_FORMATS", "resolve_memory_format"]
 
 
 def _check_loader(train_loader, resumable_order: bool) -> Tuple[Any, Optional[int]]:
@@ -113,6 +114,9 @@ def train_detector(
     plot: bool = True,
     progress: bool = True,
     hooks: Sequence[Any] = (),
+    freeze_bn: bool = False,
+    memory_format: str = "auto",
+    accumulate_steps: int = 1,
     **options,
 ) -> Dict[str, List[float]]:
     """Train a detector that returns a dict of losses (e.g. ``FCOS``) for ``max_iters`` iterations.
@@ -157,6 +161,19 @@ def train_detector(
         progress: show a tqdm progress bar.
         hooks: extra :class:`~eecs598.train.hooks.HookBase` instances (``before_train`` / ``before_step`` /
             ``after_step`` / ``after_train``).
+        freeze_bn: replace the detector's ``BatchNorm2d`` layers (FCOS: the trunk's) by
+            ``torchvision.ops.FrozenBatchNorm2d`` with their statistics and affine parameters, in place,
+            before training (they stay frozen afterwards). False (the course's): BatchNorm trains as usual.
+            Advisable with small (micro-)batches, e.g. 4 images with ``accumulate_steps=4``.
+        memory_format: layout of the detector's weights (and so of FCOS's input and activations):
+            ``"channels_last"``, ``"contiguous"`` (NCHW), or ``"auto"``: channels-last on the CPU (faster
+            with oneDNN), contiguous on CUDA (channels-last made RegNetX-400MF training slower in public GPU
+            benchmarks). ``"auto"`` leaves a detector without a ``memory_format`` attribute as it is.
+        accumulate_steps: N > 1: gradient accumulation, each optimiser step runs over N loader batches
+            (micro-batches), so batch b x N trains like one batch of N * b (FCOS's loss normaliser counts
+            the foreground of all N; see ``Trainer._forward_backward``). ``max_iters``, ``log_period``,
+            ``checkpoint_period``, warm-up, milestones and the returned history count optimiser steps;
+            checkpoints are written between steps only. 1 (the course's): one batch per step.
         **options: any other :class:`TrainSettings` field: ``optimizer``, ``momentum``, ``warmup_iters``,
             ``warmup_factor``, ``grad_clip_norm``, ``ema_decay``, ``loss_weights``, ``shuffle``,
             ``precision``, ``fused_optimizer``, ``augment``, ``milestones``.
@@ -178,7 +195,7 @@ def train_detector(
     """
     context = distributed if distributed is not None else DistributedContext()
     _check_call(options, log_period, checkpoint_period, data_seed, resume, checkpoint_path, image_cache,
-                resumable_order)
+                resumable_order, memory_format)
     dataset, batch_size = _check_loader(train_loader, resumable_order)
     for hook in hooks:
         if not isinstance(hook, HookBase):
@@ -187,7 +204,8 @@ def train_detector(
                             f"{type(hook).__name__}")
     settings = TrainSettings(learning_rate=learning_rate, weight_decay=weight_decay, max_iters=max_iters,
                              batch_size=batch_size, num_samples=None if dataset is None else len(dataset),
-                             world_size=context.world_size, **options)
+                             world_size=context.world_size, accumulate_steps=accumulate_steps, freeze_bn=freeze_bn,
+                             **options)
     if not sync_every_step and not settings.fused_optimizer and settings.precision != "fp16":
         _fail("sync_every_step=False needs fused_optimizer=True (the fused kernels skip a bad step on the "
               "device) or precision='fp16' (the gradient scaler does)")
@@ -198,7 +216,8 @@ def train_detector(
         ckpt.check_writable(checkpoint_path)
         ckpt.remove_orphan_partials(checkpoint_path)
     checked_values = getattr(detector, "check_input_values", None)
-    model = _prepare_model(detector, device, context, sync_every_step, compile_model)
+    model = _prepare_model(detector, device, context, sync_every_step, compile_model, settings.freeze_bn,
+                           memory_format)
 
     optimizer = build_optimizer([p for p in detector.parameters() if p.requires_grad], settings)
     ema = WeightEMA(detector, settings.ema_decay) if settings.ema_decay is not None else None
@@ -233,9 +252,10 @@ def train_detector(
 
 
 def _check_call(options, log_period, checkpoint_period, data_seed, resume, checkpoint_path, image_cache,
-                resumable_order) -> None:
+                resumable_order, memory_format) -> None:
     """Validate ``train_detector``'s arguments that are not :class:`TrainSettings` fields."""
-    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"batch_size", "num_samples", "world_size"}
+    fields = {f.name for f in dataclasses.fields(TrainSettings)} - {"batch_size", "num_samples", "world_size",
+                                                                     "accumulate_steps", "freeze_bn"}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise TypeError(f"train_detector: unexpected keyword arguments {unknown}; training options are "
@@ -249,17 +269,37 @@ def _check_call(options, log_period, checkpoint_period, data_seed, resume, check
         _fail("resume=True needs a checkpoint_path")
     if image_cache and not resumable_order:
         _fail("image_cache=True needs resumable_order=True (the cache serves batches in the engine's order)")
+    if memory_format not in MEMORY_FORMATS:
+        _fail(f"memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format!r}")
+
+
+# The layouts train_detector(memory_format=...) accepts ("auto" resolves by device: resolve_memory_format).
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def resolve_memory_format(memory_format: str, device: torch.device) -> torch.memory_format:
+    """The ``torch.memory_format`` for ``memory_format`` on ``device``: ``"auto"`` is channels-last on the CPU
+    (oneDNN's convolutions are faster on it: docs/benchmarks.md) and contiguous elsewhere (on CUDA, public
+    benchmarks measured channels-last RegNetX-400MF training about a third slower)."""
+    if memory_format == "auto":
+        memory_format = "channels_last" if device.type == "cpu" else "contiguous"
+    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
 
 
 def _prepare_model(detector: nn.Module, device: torch.device, context, sync_every_step: bool,
-                   compile_model) -> nn.Module:
-    """Move to ``device``, train mode; synced BatchNorm + DDP when distributed; optional compilation.
+                   compile_model, freeze_bn: bool = False, memory_format: str = "auto") -> nn.Module:
+    """Frozen BatchNorm (optional), move to ``device`` in its memory format, train mode; synced BatchNorm + DDP
+    when distributed; optional compilation.
 
     Returns the module to call for the losses (``detector`` itself or its DDP wrapper).
     """
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # denormal floats in late training slow CPU kernels several-fold
+    if freeze_bn and freeze_batchnorm(detector) == 0 and count_frozen_batchnorm(detector) == 0:
+        _fail("freeze_bn=True but the detector has no BatchNorm2d layer to freeze")
     detector.to(device)
+    if memory_format != "auto" or hasattr(detector, "memory_format"):
+        detector.to(memory_format=resolve_memory_format(memory_format, device))
     detector.train()
     if not sync_every_step and hasattr(detector, "check_input_values"):
         detector.check_input_values = False  # value checks copy to the host; the guard catches bad values

@@ -4,7 +4,7 @@ import math
 import signal
 import sys
 import threading
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ class NonFiniteGuard:
         self.healthy = torch.ones((), dtype=torch.bool, device=device)
         self.first_bad_iteration = torch.full((), -1, dtype=torch.int64, device=device)
         self.first_bad_values: Optional[torch.Tensor] = None
+        self.first_bad_grad_norm: Optional[torch.Tensor] = None
 
     def before_forward(self) -> None:
         if self.buffers:
@@ -55,37 +56,77 @@ class NonFiniteGuard:
         if self.saved_training_state is not None and hasattr(self.module, "load_training_state"):
             self.module.load_training_state(self.saved_training_state)
 
-    def observe(self, iteration: int, ok: torch.Tensor, values: torch.Tensor) -> None:
-        """Device-side bookkeeping (sync=False): remember the first bad iteration, keep buffers sane."""
+    def observe(self, iteration: int, ok: torch.Tensor, values: torch.Tensor,
+                grad_norm: Optional[torch.Tensor] = None) -> None:
+        """Device-side bookkeeping (sync=False): remember the first bad iteration, its losses and gradient
+        measure (``grad_norm``, None when none was taken), and keep the buffers sane."""
         newly_bad = self.healthy & ~ok
         self.first_bad_iteration = torch.where(newly_bad, iteration, self.first_bad_iteration)
         if self.first_bad_values is None:
             self.first_bad_values = torch.zeros_like(values)
         self.first_bad_values = torch.where(newly_bad, values, self.first_bad_values)
+        if grad_norm is not None:
+            grad_norm = grad_norm.to(torch.float64)
+            if self.first_bad_grad_norm is None:
+                self.first_bad_grad_norm = torch.zeros_like(grad_norm)
+            self.first_bad_grad_norm = torch.where(newly_bad, grad_norm, self.first_bad_grad_norm)
         self.healthy = self.healthy & ok
         with torch.no_grad():
             for buffer, saved in zip(self.buffers, self.saved):
                 buffer.copy_(torch.where(self.healthy, buffer, saved))
 
-    def check(self, names: Sequence[str]) -> None:
-        """Raise ``FloatingPointError`` if a step went bad since the start (one host sync)."""
+    def check(self, names: Sequence[str], norm_kind: str = "gradient norm") -> None:
+        """Raise ``FloatingPointError`` if a step went bad since the start (one host sync).
+
+        The message names the first bad step's non-finite losses, or, when every loss was finite, says
+        that its gradient was not (``norm_kind`` names what was measured) and lists the finite losses.
+        """
         if bool(self.healthy):
             return
         iteration = int(self.first_bad_iteration)
         values = dict(zip(names, self.first_bad_values.tolist()))
-        raise_non_finite(iteration, values, later_steps_skipped=True)
+        grad_norm = None if self.first_bad_grad_norm is None else float(self.first_bad_grad_norm)
+        raise_non_finite(iteration, values, later_steps_skipped=True, grad_norm=grad_norm, norm_kind=norm_kind)
+
+
+def _describe_bad_values(values: Dict[str, float], grad_norm: Optional[float], norm_kind: str, where: str) -> str:
+    """What was not finite: ``"non-finite loss ...: loss_box=nan"``, or the gradient with the finite losses."""
+    listed = ", ".join(f"{k}={v}" for k, v in values.items())
+    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v) and k != "total")
+    if bad:
+        return f"non-finite loss {where}: {bad}"
+    if not math.isfinite(values.get("total", 0.0)):
+        return (f"non-finite loss {where}: total={values['total']}, the weighted sum of losses that were each "
+                f"finite ({listed})")
+    if grad_norm is None:
+        gradient = "non-finite gradient"
+    elif norm_kind == "gradient norm":
+        gradient = f"non-finite gradient norm ({grad_norm})"
+    else:
+        gradient = f"non-finite gradient ({norm_kind} = {grad_norm})"
+    return f"{gradient} {where}, while every loss was finite ({listed})"
 
 
 def raise_non_finite(iteration: int, values: Dict[str, float], later_steps_skipped: bool = False,
-                     grad_norm: Optional[float] = None) -> None:
-    """Raise the engine's ``FloatingPointError`` describing the bad step and the model's state."""
-    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v) and k != "total")
-    what = f"non-finite gradient norm ({grad_norm})" if grad_norm is not None else "non-finite loss"
+                     grad_norm: Optional[float] = None, norm_kind: str = "gradient norm",
+                     micro_batch: Optional[Tuple[int, int]] = None) -> None:
+    """Raise the engine's ``FloatingPointError`` describing the bad step and the model's state.
+
+    Args:
+        iteration: the bad optimiser step.
+        values: its losses (and ``"total"``); the message names the non-finite ones.
+        later_steps_skipped: sync-free mode (the steps after it were skipped on the device).
+        grad_norm, norm_kind: the gradient measure, when the losses were finite and the gradient was not.
+        micro_batch: ``(index, count)`` of the micro-batch whose loss was bad (gradient accumulation).
+    """
+    where = f"at iteration {iteration}" + (f" (micro-batch {micro_batch[0]} of {micro_batch[1]})"
+                                           if micro_batch else "")
+    what = _describe_bad_values(values, grad_norm, norm_kind, where)
     state = (f"The detector holds exactly the weights and buffers after iteration {iteration - 1} (the last good "
              f"step; iteration {iteration} changed nothing"
              + (", later steps were skipped" if later_steps_skipped else "") + ").")
     raise FloatingPointError(
-        f"train_detector: {what} at iteration {iteration}: {bad or values}. {state} From a random backbone use "
+        f"train_detector: {what}. {state} From a random backbone use "
         f"**FROM_SCRATCH (AdamW, warm-up, clipping), or lower learning_rate / set grad_clip_norm.")
 
 

@@ -2,6 +2,7 @@
 
 Symbols: B images per batch, L number of losses the detector returns.
 """
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -132,44 +133,54 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return self.model(images, gt_boxes)
 
-    def _augment(self, images: torch.Tensor, gt_boxes: torch.Tensor, iteration: int):
-        """On-device flip / scale jitter, seeded by (data seed, iteration, rank): a resumed run repeats it."""
+    def _augment(self, images: torch.Tensor, gt_boxes: torch.Tensor, iteration: int, micro: int):
+        """On-device flip / scale jitter, seeded by (data seed, iteration, rank[, micro-batch]): a resumed run
+        repeats it."""
         from ..data.augment import random_flip_scale_batch
 
-        seed = int(np.random.SeedSequence([self.state.data_seed, iteration, self.rank]).generate_state(1)[0])
+        key = [self.state.data_seed, iteration, self.rank] + ([micro] if micro else [])
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
         generator = torch.Generator(device=images.device).manual_seed(seed)
         return random_flip_scale_batch(images, gt_boxes, generator, **self.settings.augment)
 
-    def run_step(self) -> None:
-        """Forward, non-finite check, backward, clip, optimiser step, EMA: one iteration.
-
-        All or nothing: a failure anywhere before the optimiser step (the loader, a bad batch, the forward
-        or backward pass, a non-finite loss or gradient, ``KeyboardInterrupt``) leaves the detector exactly
-        as the previous step left it (the forward pass's BatchNorm statistics are put back, gradients are
-        cleared). The optimiser step, the EMA update and the bookkeeping run with Ctrl-C deferred, so an
-        interrupt cannot apply half a step; it is raised right after the step completes.
-        """
-        iteration = self.state.iteration
-        self.phase = "data"
-        batch = next(self.batches)  # a failing loader has changed nothing yet
-        images, gt_boxes = _unpack_batch(batch, iteration)
+    def _next_batch(self, iteration: int, micro: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next loader batch on the device (augmented if asked): one micro-batch of the step."""
+        images, gt_boxes = _unpack_batch(next(self.batches), iteration)
         images = images.to(self.device, non_blocking=True)
         gt_boxes = gt_boxes.to(self.device, non_blocking=True)
         if self.settings.augment is not None:
-            images, gt_boxes = self._augment(images, gt_boxes, iteration)
+            images, gt_boxes = self._augment(images, gt_boxes, iteration, micro)
+        return images, gt_boxes
+
+    def run_step(self) -> None:
+        """Forward, non-finite check, backward (of each micro-batch), clip, optimiser step, EMA: one iteration.
+
+        One iteration is one optimiser step over ``settings.accumulate_steps`` loader batches (micro-batches),
+        all fetched first. All or nothing: a failure anywhere before the optimiser step (the loader, a bad
+        batch, the forward or backward pass of any micro-batch, a non-finite loss or gradient,
+        ``KeyboardInterrupt``) leaves the detector exactly as the previous step left it (the forward passes'
+        BatchNorm statistics and the loss normaliser are put back, gradients are cleared). The optimiser step,
+        the EMA update and the bookkeeping run with Ctrl-C deferred, so an interrupt cannot apply half a
+        step; it is raised right after the step completes.
+        """
+        iteration = self.state.iteration
+        self.phase = "data"
+        # A failing loader has changed nothing yet (the data position moves only when the step is applied).
+        micro_batches = [self._next_batch(iteration, micro) for micro in range(self.settings.accumulate_steps)]
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.settings.learning_rate * learning_rate_factor(iteration, self.settings)
 
         self.phase = "forward"
         self.guard.before_forward()
         try:
-            names, values, ok = self._forward_backward(iteration, images, gt_boxes)
+            names, values, ok, grad_norm = self._forward_backward(iteration, micro_batches)
         except BaseException:
+            self._end_accumulation(apply=False)
             self.guard.restore()
             self.optimizer.zero_grad(set_to_none=True)
             raise
         if not self.guard.sync:
-            self.guard.observe(iteration, ok, values)
+            self.guard.observe(iteration, ok, values, grad_norm)
 
         self.phase = "commit"
         with deferred_interrupt():
@@ -177,15 +188,52 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.detector, iteration)
             self.log.append(names, values)
-            self.advance()
+            for _ in micro_batches:
+                self.advance()
             self.state.iteration = iteration + 1
             self.phase = "done"
 
-    def _forward_backward(self, iteration: int, images: torch.Tensor, gt_boxes: torch.Tensor):
-        """Losses, host-side non-finite check (sync mode), backward and clipping.
+    def _forward_backward(self, iteration: int, micro_batches: List[Tuple[torch.Tensor, torch.Tensor]]):
+        """Losses and backward pass of every micro-batch, host-side non-finite checks (sync mode), clipping.
 
-        Returns ``(names, values (L+1,) float64 on the device, ok)``: ``ok`` is a device bool, False for a
-        non-finite loss or gradient norm (only used with ``sync=False``; sync mode raises instead).
+        Micro-batch ``i`` of ``b_i`` images is back-propagated with weight ``b_i / B`` (``B``: the step's
+        images), so the gradients add up to those of the mean over all ``B`` images. A detector with
+        ``begin_accumulation`` / ``end_accumulation`` (FCOS: its loss normaliser) sees the micro-batches as
+        one batch: the returned ratio corrects the summed gradients and losses (see
+        ``FCOS.end_accumulation``). One micro-batch is exactly the course's step (weight 1, no correction).
+
+        Returns ``(names, values (L+1,) float64 on the device, ok, grad_norm)``: ``ok`` is a device bool, False
+        for a non-finite loss or gradient (only used with ``sync=False``; sync mode raises instead), and
+        ``grad_norm`` what :meth:`_check_gradients` measured (None with the fp16 scaler and no clipping).
+        """
+        images_in_step = sum(int(images.shape[0]) for images, _ in micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(micro_batches) > 1 and hasattr(self.detector, "begin_accumulation"):
+            self.detector.begin_accumulation()
+        values = None
+        for micro, (images, gt_boxes) in enumerate(micro_batches):
+            share = images.shape[0] / images_in_step  # 1.0 without accumulation
+            with self._gradient_sync(last=micro == len(micro_batches) - 1):
+                names, micro_values = self._micro_step(iteration, micro, images, gt_boxes, share)
+            values = micro_values * share if values is None else values + micro_values * share
+        correction = self._end_accumulation(apply=True)
+        if correction is not None:
+            correction = correction.to(values.device)
+            values = values * correction
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, correction.to(grads[0].dtype))
+        ok = torch.isfinite(values[-1])
+        grad_norm = self._check_gradients(iteration, names, values)
+        if grad_norm is not None and self.scaler is None:
+            ok = ok & torch.isfinite(grad_norm)
+        return names, values, ok, grad_norm
+
+    def _micro_step(self, iteration: int, micro: int, images: torch.Tensor, gt_boxes: torch.Tensor, share: float):
+        """Forward pass of one micro-batch, its non-finite check (sync mode), backward of ``share * total``.
+
+        Returns ``(names, values (L+1,) float64)``: the losses and the weighted total, averaged over
+        processes in a distributed run (every process then judges the same numbers).
         """
         losses = self._losses(images, gt_boxes)
         if self.log.names is None:
@@ -195,31 +243,66 @@ class Trainer:
         # float64 on the host side: the history holds exactly the values the losses had.
         values = torch.stack([loss.detach().double() for loss in [*losses.values(), total]])
         if self.reduce_values is not None:
-            values = self.reduce_values(values)  # every process then logs and judges the same numbers
-        row = None
+            values = self.reduce_values(values)
         if self.guard.sync:
             row = values.cpu().tolist()
             if not math.isfinite(row[-1]):
-                raise_non_finite(iteration, dict(zip(names, row)))
-
-        self.optimizer.zero_grad(set_to_none=True)
+                steps = self.settings.accumulate_steps
+                raise_non_finite(iteration, dict(zip(names, row)), micro_batch=(micro, steps) if steps > 1 else None)
+        if share != 1.0:
+            total = total * share
         (self.scaler.scale(total) if self.scaler else total).backward()
-        ok = torch.isfinite(values[-1])
+        return names, values
+
+    def _gradient_sync(self, last: bool):
+        """DDP all-reduces the gradients in the backward pass of a step's last micro-batch only."""
+        if last or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _end_accumulation(self, apply: bool) -> Optional[torch.Tensor]:
+        """The detector's normaliser correction after a step's micro-batches (None: no accumulation)."""
+        end = getattr(self.detector, "end_accumulation", None)
+        if self.settings.accumulate_steps == 1 or end is None:
+            return None
+        return end(apply=apply)
+
+    def _check_gradients(self, iteration: int, names: List[str], values: torch.Tensor) -> Optional[torch.Tensor]:
+        """Clip the gradients (``grad_clip_norm``) and check that they are finite.
+
+        With clipping this is the global 2-norm that ``clip_grad_norm_`` returns. Without, the largest
+        ``|gradient|``: finite exactly when every gradient is, and never an overflow of finite ones (a finite
+        loss can have an infinite gradient, e.g. ``sqrt`` at 0, and the step must not land). In sync mode a
+        non-finite value raises here, before the optimiser step. With the fp16 gradient scaler and no
+        clipping nothing is measured (None): the scaler finds non-finite gradients and skips the step.
+        """
         if self.settings.grad_clip_norm is not None:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip_norm, foreach=True)
             self.last_grad_norm = norm.detach()
-            if self.guard.sync and self.scaler is None and not math.isfinite(float(norm)):
-                raise_non_finite(iteration, dict(zip(names, row)), grad_norm=float(norm))
-            if self.scaler is None:
-                ok = ok & torch.isfinite(norm)
-        return names, values, ok
+            kind = "gradient norm"
+        elif self.scaler is not None:
+            return None
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=math.inf, foreach=True)
+            kind = "largest |gradient|"
+        if self.guard.sync and self.scaler is None and not math.isfinite(float(norm)):
+            raise_non_finite(iteration, dict(zip(names, values.tolist())), grad_norm=float(norm), norm_kind=kind)
+        return norm.detach()
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
             # An fp16 step whose gradients overflow is skipped by the scaler (that is its job); a poisoned
             # (non-finite) loss makes every gradient NaN, so the guard's failures are skipped the same way.
+            if not self.guard.sync:
+                # Sync-free: once a step went bad, every later one is skipped too (as found_inf does below):
+                # gradients multiplied by NaN instead of 1 make the scaler skip them, without a host sync.
+                grads = [p.grad for p in self.params if p.grad is not None]
+                if grads:
+                    poison = torch.where(self.guard.healthy, 1.0, math.nan).to(grads[0].dtype)
+                    torch._foreach_mul_(grads, poison)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         elif self.guard.sync:
@@ -252,7 +335,8 @@ class Trainer:
     def sync(self) -> Optional[Dict[str, float]]:
         """Fetch pending losses (one transfer); raises if a step went bad since the last sync."""
         if not self.guard.sync:
-            self.guard.check(self.log.names or [])
+            kind = "largest |gradient|" if self.settings.grad_clip_norm is None else "gradient norm"
+            self.guard.check(self.log.names or [], norm_kind=kind)
         row = self.log.flush()
         if row is not None:
             self.last_values = dict(zip(self.log.names, row))

@@ -58,6 +58,11 @@ class TrainSettings:
         augment: random horizontal flip / scale jitter of every training batch on the device, e.g.
             ``{"flip_prob": 0.5, "scale_range": (0.8, 1.25)}`` (``eecs598.data.augment.random_flip_scale_batch``;
             seeded by data seed and iteration, so resumable). None: off (the course's).
+        accumulate_steps: micro-batches (loader batches) per optimiser step (gradient accumulation); every
+            count of the run (``max_iters``, warm-up, milestones, log and checkpoint periods) is in optimiser
+            steps. 1: one batch per step (the course's).
+        freeze_bn: replace the trunk's ``BatchNorm2d`` by ``torchvision.ops.FrozenBatchNorm2d`` (statistics and
+            affine parameters kept and no longer trained; ``eecs598.models.frozen_bn``). False: the course's.
         batch_size, num_samples, world_size: facts about the data (a resume must see the same).
     """
 
@@ -76,13 +81,15 @@ class TrainSettings:
     precision: str = "fp32"
     fused_optimizer: bool = False
     augment: Optional[Dict[str, Any]] = None
+    accumulate_steps: int = 1
+    freeze_bn: bool = False
     batch_size: Optional[int] = None
     num_samples: Optional[int] = None
     world_size: int = 1
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        for name, minimum in (("max_iters", 1), ("warmup_iters", 0), ("world_size", 1)):
+        for name, minimum in (("max_iters", 1), ("warmup_iters", 0), ("world_size", 1), ("accumulate_steps", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
                 _refuse(name, f"must be an int >= {minimum}, got {value!r}")
@@ -102,6 +109,9 @@ class TrainSettings:
         if self.grad_clip_norm is not None and not (_is_real(self.grad_clip_norm) and self.grad_clip_norm > 0
                                                     and math.isfinite(self.grad_clip_norm)):
             _refuse("grad_clip_norm", f"must be a finite number > 0 or None, got {self.grad_clip_norm!r}")
+        if not isinstance(self.freeze_bn, (bool, np.bool_)):
+            _refuse("freeze_bn", f"must be True or False, got {self.freeze_bn!r}")
+        set_("freeze_bn", bool(self.freeze_bn))
         if self.precision not in PRECISIONS:
             _refuse("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         set_("learning_rate", float(self.learning_rate))
@@ -126,9 +136,15 @@ class TrainSettings:
         return values
 
     def resume_differences(self, saved: Dict[str, Any], ignore: Sequence[str] = ()) -> Dict[str, Tuple]:
-        """``{name: (saved value, this value)}`` for every setting that differs from ``saved``."""
+        """``{name: (saved value, this value)}`` for every setting that differs from ``saved``.
+
+        A setting missing from ``saved`` (a checkpoint written before the setting existed) counts as its
+        default, which is the behaviour that checkpoint was trained with.
+        """
         mine = self.as_dict()
-        return {k: (saved.get(k), v) for k, v in mine.items() if k not in ignore and saved.get(k) != v}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        saved = {k: saved.get(k, defaults[k]) for k in mine}
+        return {k: (saved[k], v) for k, v in mine.items() if k not in ignore and saved[k] != v}
 
 
 def _check_loss_weights(loss_weights: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
