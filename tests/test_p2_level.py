@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 import one_stage_detector
 import train_fcos
+from conftest import HandSetMap
 from common import DetectorBackboneWithFPN, get_fpn_location_coords
 from eecs598 import reset_seed
 from eecs598.data.datasets import ShapesDetection
@@ -167,17 +168,6 @@ def test_a_box_of_side_20_lands_on_p2_only():
 # -- row order: locations, targets and predictions ------------------------------------------------------------
 
 
-class _HandSetMap(nn.Module):
-    """Stands in for a head conv: returns a fixed (B, C, H, W) map for the level of matching size."""
-
-    def __init__(self, maps_by_size):
-        super().__init__()
-        self.maps_by_size = maps_by_size
-
-    def forward(self, features):
-        return self.maps_by_size[tuple(features.shape[-2:])]
-
-
 def test_prediction_rows_align_with_location_rows_on_p2():
     """As tests/test_one_stage_detector.py's row-order test, at P2: a box predicted at p2 cell (h, w) of a
     160 x 256 input must decode around pixel (4w + 2, 4h + 2)."""
@@ -191,8 +181,8 @@ def test_prediction_rows_align_with_location_rows_on_p2():
     cls_maps[sizes["p2"]][0, class_id, cell_h, cell_w] = 20.0
     # (l, t, r, b) = (1, 2, 3, 1.5) strides = (4, 8, 12, 6) pixels at stride 4.
     box_maps[sizes["p2"]][0, :, cell_h, cell_w] = torch.tensor([1.0, 2.0, 3.0, 1.5])
-    model.pred_net.pred_cls, model.pred_net.pred_box = _HandSetMap(cls_maps), _HandSetMap(box_maps)
-    model.pred_net.pred_ctr = _HandSetMap(ctr_maps)
+    model.pred_net.pred_cls, model.pred_net.pred_box = HandSetMap(cls_maps), HandSetMap(box_maps)
+    model.pred_net.pred_ctr = HandSetMap(ctr_maps)
     boxes, classes, scores = model(torch.randn(1, 3, height, width), test_score_thresh=0.5)
     center_x, center_y = 4 * cell_w + 2, 4 * cell_h + 2  # (102, 14)
     assert boxes.tolist() == [[center_x - 4, center_y - 8, center_x + 12, center_y + 6]]
@@ -241,7 +231,7 @@ def test_training_rows_of_targets_predictions_and_locations_agree_across_p2_to_p
         box_maps[size] = deltas.expand(2, -1, -1, -1)
         one_hot = F.one_hot(classes.clamp(min=0), 3).permute(2, 0, 1) * fg  # [3, H, W]
         cls_maps[size] = (24.0 * one_hot - 12.0)[None].expand(2, -1, -1, -1)
-    model.pred_net.pred_box, model.pred_net.pred_cls = _HandSetMap(box_maps), _HandSetMap(cls_maps)
+    model.pred_net.pred_box, model.pred_net.pred_cls = HandSetMap(box_maps), HandSetMap(cls_maps)
     gt = torch.tensor([ROW_ORDER_BOXES, ROW_ORDER_BOXES])
     losses = model(torch.randn(2, 3, height, width), gt)
     assert losses["loss_box"].item() == 0.0
@@ -249,7 +239,7 @@ def test_training_rows_of_targets_predictions_and_locations_agree_across_p2_to_p
     assert losses["loss_cls"].item() < 1e-9
     # The test can fail: each level given the next level's maps (resized) instead of its own.
     sizes = [tuple(fg.shape) for _, fg, _ in maps.values()]
-    model.pred_net.pred_box = _HandSetMap({sizes[i]: F.interpolate(box_maps[sizes[(i + 1) % 4]], size=sizes[i])
+    model.pred_net.pred_box = HandSetMap({sizes[i]: F.interpolate(box_maps[sizes[(i + 1) % 4]], size=sizes[i])
                                            for i in range(4)})
     assert model(torch.randn(2, 3, height, width), gt)["loss_box"].item() > 0.1
 
