@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 import torchvision
-from torch import nn
 from torch.nn import functional as F
 
 import one_stage_detector
