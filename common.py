@@ -5,7 +5,9 @@ Conventions used throughout this package:
 * Boxes are ``(x1, y1, x2, y2)`` in absolute pixels of the network's input image, with
   ``x1 <= x2`` and ``y1 <= y2`` (XYXY). A "GT row" is ``(x1, y1, x2, y2, class_id)``; padding or
   background rows are all ``-1``.
-* FPN levels are named ``"p3"``, ``"p4"``, ``"p5"`` and have strides 8, 16 and 32.
+* FPN levels are named ``"p3"``, ``"p4"``, ``"p5"`` and have strides 8, 16 and 32 (options: ``"p2"``,
+  stride 4, before them; ``"p6"``, ``"p7"``, strides 64 and 128, after them). Every dict of levels lists
+  them from the finest to the coarsest.
 * Locations and per-location predictions of one level are flattened **x-major**: row
   ``i = x_index * H + y_index`` (x is the slow index, y the fast one). Every function that flattens
   a ``(H, W)`` grid in this package uses this one order, so that row ``i`` of a location tensor and
@@ -116,9 +118,11 @@ def _load_imagenet_state_dict(backbone: str = "regnet_x_400mf") -> Optional[Dict
 # ---------------------------------------------------------------------------------------------
 
 
-def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str]) -> Tuple[nn.Module, Dict[str, int], str]:
-    """The feature extractor of ``backbone`` (returning ``{"c3", "c4", "c5"}``), its channels, and where
-    its weights came from (``"file:<path>"``, ``"imagenet:<path>"`` or ``"random"``).
+def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str],
+                 with_c2: bool = False) -> Tuple[nn.Module, Dict[str, int], str]:
+    """The feature extractor of ``backbone`` (returning ``{"c3", "c4", "c5"}``, and ``"c2"`` (stride 4) too
+    with ``with_c2``), its channels, and where its weights came from (``"file:<path>"``,
+    ``"imagenet:<path>"`` or ``"random"``).
 
     Weights: ``backbone_weights`` (a local file) if given, else ImageNet weights if ``pretrained``
     (torchvision download with the offline fallback of :func:`_load_imagenet_state_dict`, or the
@@ -147,9 +151,15 @@ def _build_trunk(backbone: str, pretrained: bool, backbone_weights: Optional[str
             load_trunk_weights(classifier, backbone, path)
             source = f"imagenet:{path}"
     tracer_kwargs = {"leaf_modules": list(spec.leaf_modules)} if spec.leaf_modules else None
-    trunk = feature_extraction.create_feature_extractor(classifier, return_nodes=dict(spec.return_nodes),
+    return_nodes, channels = dict(spec.return_nodes), dict(spec.channels)
+    if with_c2:  # an earlier node of the same graph: the trunk's parameters (and state-dict keys) are unchanged
+        if spec.c2_node is None:
+            raise ValueError(f"p2=True needs a stride-4 feature of the trunk, and backbone {backbone!r} has none; "
+                             f"use p2=False or another backbone")
+        return_nodes[spec.c2_node], channels["c2"] = "c2", spec.c2_channels
+    trunk = feature_extraction.create_feature_extractor(classifier, return_nodes=return_nodes,
                                                         tracer_kwargs=tracer_kwargs)
-    return trunk, dict(spec.channels), source
+    return trunk, channels, source
 
 
 def _add_p6p7_params(fpn_params: nn.ModuleDict, out_channels: int) -> None:
@@ -164,6 +174,28 @@ def _p6p7_features(fpn_params: nn.ModuleDict, p6_input: torch.Tensor) -> Dict[st
     return {"p6": p6, "p7": fpn_params["output_p7"](F.relu(p6))}
 
 
+def _add_p2_params(fpn_params: nn.ModuleDict, c2_channels: int, out_channels: int) -> None:
+    """Add P2's lateral 1x1 conv (of c2) and its 3x3 output conv, as for the other levels."""
+    fpn_params["lateral_c2"] = nn.Conv2d(c2_channels, out_channels, 1)
+    fpn_params["output_p2"] = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+
+
+def _p2_feature(fpn_params: nn.ModuleDict, c2: torch.Tensor, merged_c3: torch.Tensor) -> torch.Tensor:
+    """P2, one more step of the top-down pathway: ``output_p2(lateral_c2(c2) + upsample(merged_c3))``.
+
+    Args:
+        c2: ``(B, C2, ceil(H/4), ceil(W/4))`` trunk feature at stride 4.
+        merged_c3: ``(B, out_channels, ceil(H/8), ceil(W/8))`` the merged map P3's output conv reads
+            (lateral of c3 plus the upsampled coarser maps), upsampled (nearest) to c2's exact size.
+
+    Returns:
+        ``(B, out_channels, ceil(H/4), ceil(W/4))``.
+    """
+    lateral = fpn_params["lateral_c2"](c2)
+    merged_c2 = lateral + F.interpolate(merged_c3, size=lateral.shape[-2:], mode="nearest")
+    return fpn_params["output_p2"](merged_c2)
+
+
 class DetectorBackboneWithFPN(nn.Module):
     """RegNetX-400MF backbone with a three-level (P3-P5) Feature Pyramid Network.
 
@@ -173,11 +205,12 @@ class DetectorBackboneWithFPN(nn.Module):
     and a 3x3 output conv per level (Lin et al., 2017). There is no P6/P7, unlike the FCOS paper.
 
     Options (keyword-only, defaults = the above): another trunk (``backbone=``, see
-    ``eecs598.models.backbones``), a local weight file (``backbone_weights=``), and P6/P7 (``p6p7=True``).
+    ``eecs598.models.backbones``), a local weight file (``backbone_weights=``), P6/P7 (``p6p7=True``) and
+    P2 (``p2=True``, stride 4, for small objects).
     """
 
     def __init__(self, out_channels: int, pretrained: bool = True, *, backbone: str = "regnet_x_400mf",
-                 backbone_weights: Optional[str] = None, p6p7: bool = False):
+                 backbone_weights: Optional[str] = None, p6p7: bool = False, p2: bool = False):
         """
         Args:
             out_channels: channels of every FPN level.
@@ -194,6 +227,13 @@ class DetectorBackboneWithFPN(nn.Module):
                 naming the file and the keys.
             p6p7: add P6 and P7 (strides 64 and 128), as in the FCOS paper: P6 = stride-2 3x3 conv of
                 P5 (FCOS's choice; RetinaNet's is C5), P7 = stride-2 3x3 conv of ``relu(P6)``.
+            p2: add P2 (stride 4) before P3, for small objects: the trunk's stride-4 feature ``c2`` (RegNet's
+                first stage; every trunk of ``BACKBONES`` has one, see its ``c2_node``) gets a lateral 1x1
+                conv, the top-down pathway continues one step (``lateral_c2 + upsample(merged c3 map)``)
+                and a 3x3 output conv gives ``p2`` (Lin et al.'s FPN goes down to P2 too). The default
+                model's convs, keys and outputs are unchanged; the new weights are ``lateral_c2`` and
+                ``output_p2``. P2 has 4x the locations of P3, so the shared head runs on ~4x as many
+                locations (P2-P5: 1 + 1/4 + 1/16 + 1/64 of H*W/16, against P3-P5's 0.33 of it).
 
         Attributes (besides the contract's): ``backbone_name``; ``weights_source``: where the trunk's
         weights came from, ``"imagenet:<file>"``, ``"file:<backbone_weights>"`` or ``"random"`` (e.g.
@@ -205,9 +245,11 @@ class DetectorBackboneWithFPN(nn.Module):
         self.out_channels = out_channels
         self.backbone_name = backbone
         self.p6p7 = bool(p6p7)
+        self.p2 = bool(p2)
 
         # Only the trunk is needed: its stride 8/16/32 outputs are c3/c4/c5 (block2/3/4 of RegNet).
-        self.backbone, backbone_channels, self.weights_source = _build_trunk(backbone, pretrained, backbone_weights)
+        self.backbone, backbone_channels, self.weights_source = _build_trunk(backbone, pretrained, backbone_weights,
+                                                                             with_c2=self.p2)
 
         self.fpn_params = nn.ModuleDict()
         ### BEGIN SOLUTION
@@ -218,13 +260,17 @@ class DetectorBackboneWithFPN(nn.Module):
         ### END SOLUTION
         if p6p7:
             _add_p6p7_params(self.fpn_params, out_channels)
+        if self.p2:
+            _add_p2_params(self.fpn_params, backbone_channels["c2"], out_channels)
 
     @property
     def fpn_strides(self) -> Dict[str, int]:
-        """Total stride of each FPN level with respect to the input image."""
+        """Total stride of each FPN level with respect to the input image, finest level first."""
+        strides = {"p2": 4} if self.p2 else {}
+        strides.update({"p3": 8, "p4": 16, "p5": 32})
         if self.p6p7:
-            return {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
-        return {"p3": 8, "p4": 16, "p5": 32}
+            strides.update({"p6": 64, "p7": 128})
+        return strides
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """
@@ -233,10 +279,14 @@ class DetectorBackboneWithFPN(nn.Module):
 
         Returns:
             Dict with keys ``"p3"``, ``"p4"``, ``"p5"`` (in this order) of shapes
-            ``(B, out_channels, ceil(H/8), ceil(W/8))`` etc. (exactly ``H/8`` when divisible).
+            ``(B, out_channels, ceil(H/8), ceil(W/8))`` etc. (exactly ``H/8`` when divisible); with
+            ``p2=True`` ``"p2"`` ``(B, out_channels, ceil(H/4), ceil(W/4))`` comes first, with ``p6p7``
+            ``"p6"``, ``"p7"`` last.
         """
-        backbone_feats = self.backbone(images)  # {"c3", "c4", "c5"}
+        backbone_feats = self.backbone(images)  # {"c3", "c4", "c5"} (and "c2" with p2)
         fpn_feats = {"p3": None, "p4": None, "p5": None}
+        if self.p2:  # optional P2 (not part of the assignment): the finest level, so the first key
+            fpn_feats = {"p2": None, **fpn_feats}
         ### BEGIN SOLUTION
         lateral = {c: self.fpn_params[f"lateral_{c}"](backbone_feats[c]) for c in ("c3", "c4", "c5")}
 
@@ -249,7 +299,13 @@ class DetectorBackboneWithFPN(nn.Module):
         fpn_feats["p3"] = self.fpn_params["output_p3"](merged_c3)
         fpn_feats["p4"] = self.fpn_params["output_p4"](merged_c4)
         fpn_feats["p5"] = self.fpn_params["output_p5"](merged_c5)
+        if self.p2:  # optional P2: the top-down pathway one step further (not part of the assignment)
+            fpn_feats["p2"] = _p2_feature(self.fpn_params, backbone_feats["c2"], merged_c3)
         ### END SOLUTION
+        unset = [level for level, feature in fpn_feats.items() if feature is None]
+        if unset:
+            raise RuntimeError(f"DetectorBackboneWithFPN.forward left the levels {unset} unset: compute every "
+                               f"level of {list(fpn_feats)} (p2 continues the top-down pathway below p3)")
         if self.p6p7:  # optional P6/P7 (not part of the assignment)
             fpn_feats.update(_p6p7_features(self.fpn_params, fpn_feats["p5"]))
         return fpn_feats

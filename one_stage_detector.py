@@ -225,7 +225,15 @@ def _level_size_ranges(strides_per_fpn_level: Dict[str, int]) -> Dict[str, Tuple
     """Level -> open interval for the largest location-to-edge distance it is responsible for:
     ``(4 * stride, 8 * stride)``, with the first level open to 0 and the last to infinity, so that
     every object size has exactly one level (p3 < 64 < p4 < 128 < p5 for strides 8/16/32). With P6/P7
-    (strides 64/128) this gives the FCOS paper's ranges: p5 (128, 256), p6 (256, 512), p7 (512, inf)."""
+    (strides 64/128) this gives the FCOS paper's ranges: p5 (128, 256), p6 (256, 512), p7 (512, inf).
+
+    With P2 (stride 4, first) the same rule gives p2 (0, 32), p3 (32, 64), p4 (64, 128), p5 (128, inf):
+    P2 takes the locations whose largest distance is under 32 px (boxes up to ~64 px across, seen from
+    their centre), P3 keeps 32-64, the coarser levels keep theirs. Why this choice rather than a new
+    table: every level still regresses distances of 4 to 8 of its strides (the delta targets of
+    :func:`fcos_get_deltas_from_locations` keep one scale across levels, the reason the paper ties the
+    ranges to the strides), and a model with P2 differs from the course's only below 32 px, where a
+    stride-8 grid has at most a few locations inside an object. Order of the dict = order of the levels."""
     names = list(strides_per_fpn_level.keys())
     ranges = {}
     for i, name in enumerate(names):
@@ -305,7 +313,8 @@ def fcos_match_locations_to_gt(
     A location matches box m when it lies strictly inside the box (all of its distances
     ``l, t, r, b`` to the box edges are > 0) and the largest of the four distances lies strictly
     inside the level's range: ``(0, 64)`` for p3, ``(64, 128)`` for p4, ``(128, inf)`` for p5
-    (``(4 * stride, 8 * stride)`` in general, open-ended at the first and last level). When several
+    (``(4 * stride, 8 * stride)`` in general, open-ended at the first and last level; with a P2 level
+    first, p2 ``(0, 32)`` and p3 ``(32, 64)``, see :func:`_level_size_ranges`). When several
     boxes qualify, the one with the smallest area wins. Rows of ``gt_boxes`` with class -1 are
     padding and never match.
 
@@ -422,7 +431,7 @@ class FCOS(nn.Module):
     def __init__(self, num_classes: int, fpn_channels: int, stem_channels: List[int], pretrained: bool = True, *,
                  backbone: str = "regnet_x_400mf", backbone_weights: Optional[str] = None, p6p7: bool = False,
                  head_norm: Optional[str] = None, box_loss: str = "l1",
-                 center_sampling_radius: Optional[float] = None):
+                 center_sampling_radius: Optional[float] = None, p2: bool = False):
         """
         Args:
             num_classes: number of object classes C.
@@ -441,18 +450,21 @@ class FCOS(nn.Module):
                 per foreground location, as torchvision's FCOS; it lies in [0, 2]); same normaliser.
             center_sampling_radius: e.g. 1.5: positives only near box centres (see
                 :func:`fcos_match_locations_to_gt`); ``None``: the assignment's rule.
+            p2: add P2 (stride 4) for small objects (see ``common.DetectorBackboneWithFPN``); size ranges
+                p2 (0, 32), p3 (32, 64), p4 and p5 unchanged (:func:`_level_size_ranges`). Locations,
+                targets and predictions list the levels in one order, p2 first.
         """
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         check_model_options(backbone=backbone, backbone_weights=backbone_weights, p6p7=p6p7, head_norm=head_norm,
-                            box_loss=box_loss, center_sampling_radius=center_sampling_radius)
+                            box_loss=box_loss, center_sampling_radius=center_sampling_radius, p2=p2)
         stem_channels = _checked_stem_channels(stem_channels)  # before the backbone is built (seconds)
         self.num_classes = num_classes
         self.box_loss = box_loss
         self.center_sampling_radius = None if center_sampling_radius is None else float(center_sampling_radius)
         self.backbone = DetectorBackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained, backbone=backbone,
-                                                backbone_weights=backbone_weights, p6p7=p6p7)
+                                                backbone_weights=backbone_weights, p6p7=p6p7, p2=p2)
         self.pred_net = FCOSPredictionNetwork(num_classes, fpn_channels, list(stem_channels), norm=head_norm)
         # Foreground locations per image, as an EMA. The losses are sums over locations divided by
         # it: dividing by the current batch's count instead makes the loss scale jump with the

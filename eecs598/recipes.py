@@ -67,7 +67,7 @@ FROM_SCRATCH = dict(optimizer="adamw", learning_rate=2e-3, weight_decay=1e-4, wa
 
 # The assignment's detector: every value is the default of its FCOS argument.
 _COURSE_MODEL = dict(backbone="regnet_x_400mf", backbone_weights=None, p6p7=False, head_norm=None, box_loss="l1",
-                     center_sampling_radius=None)
+                     center_sampling_radius=None, p2=False)
 _IMPROVED_MODEL = dict(_COURSE_MODEL, head_norm="group", box_loss="giou", center_sampling_radius=1.5)
 
 # Named choices of the command line's --augment and --tta.

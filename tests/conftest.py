@@ -48,3 +48,15 @@ def make_fcos(num_classes=20, fpn_channels=32, stem_channels=(32, 32)):
         warnings.simplefilter("error")  # pretrained=False must not warn
         return FCOS(num_classes=num_classes, fpn_channels=fpn_channels, stem_channels=list(stem_channels),
                     pretrained=False)
+
+
+class HandSetMap(torch.nn.Module):
+    """Stands in for a head conv in the row-order tests: returns a fixed (B, C, H, W) map for the level whose
+    feature has the matching (H, W)."""
+
+    def __init__(self, maps_by_size):
+        super().__init__()
+        self.maps_by_size = maps_by_size
+
+    def forward(self, features):
+        return self.maps_by_size[tuple(features.shape[-2:])]

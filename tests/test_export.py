@@ -98,8 +98,9 @@ def test_nms_threshold_rounding_keeps_the_course_decisions():
     assert export.nms_threshold_as_float32(0.5) == np.float32(0.5)
 
 
-@pytest.mark.parametrize("options", [dict(head_norm="group"), dict(p6p7=True), dict(backbone="mobilenet_v3_large")],
-                         ids=["groupnorm-head", "p6p7", "mobilenet-backbone"])
+@pytest.mark.parametrize("options", [dict(head_norm="group"), dict(p6p7=True), dict(backbone="mobilenet_v3_large"),
+                                     dict(p2=True)],
+                         ids=["groupnorm-head", "p6p7", "mobilenet-backbone", "p2"])
 def test_every_option_that_changes_the_graph_exports_and_verifies(tmp_path, voc_photos, options):
     checkpoint = save_checkpoint(str(tmp_path / "checkpoint.pt"), **options)
     onnx_path = str(tmp_path / "model.onnx")

@@ -6,12 +6,13 @@ The round trip the course relies on, end to end:
   solution files byte for byte; it imports, its stubs name themselves, its notebook stops at the first
   unimplemented function with that name, and its student tests skip (and pass once the solution is in);
 - grading: the solution (submitted as the zip ``eecs598.tools.submit`` writes) gets full marks, the untouched
-  release zero for every graded function, and each planted bug of ``eecs598/kit/bugs`` loses exactly
+  release zero for every graded function, and each planted bug of ``eecs598/staff/bugs`` loses exactly
   the points of the function it breaks and no others; a hanging function hits its time limit, a network
   call fails, a module that does not import costs only its own file's functions.
 
 All grading runs share one forkserver (torch is imported once); the submissions are graded in a single
-``grade_submissions`` call with two workers. ``OMP_NUM_THREADS=1`` on 2 cores: about a minute in all.
+``grade_submissions`` call with two workers, in the sandbox (``tests/grader_support.py`` picks process
+mode on a machine without namespaces). The hostile submissions are ``tests/test_grader_hostile.py``.
 """
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import pytest
@@ -27,7 +29,10 @@ from eecs598.staff import grade, release
 from eecs598.tools import submit
 from eecs598.staff import bugs as kit_bugs
 from eecs598.staff import checks as kit_checks
-from eecs598.staff import runner, selftest
+from eecs598.staff import selftest
+from eecs598.staff.trusted import load_points
+
+from grader_support import SANDBOX
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = ("common.py", "one_stage_detector.py")
@@ -74,7 +79,7 @@ def graded(release_dir, solved_dir, tmp_path_factory):
     submissions = {"solution": solution_zip, "release": release_dir}
     for bug in kit_bugs.load_bugs():
         submissions[bug.name] = kit_bugs.write_buggy_submission(bug, str(scratch / bug.name))
-    results = grade.grade_submissions(list(submissions.values()), workers=2)
+    results = grade.grade_submissions(list(submissions.values()), workers=2, sandbox_config=SANDBOX)
     return dict(zip(submissions, results))
 
 
@@ -168,11 +173,11 @@ def test_marked_functions_are_the_students_and_all_graded():
         ("one_stage_detector.py", "fcos_make_centerness_targets"),
         ("one_stage_detector.py", "FCOS.forward"), ("one_stage_detector.py", "FCOS.inference"),
     ]
-    graded_functions = {(entry["file"], entry["function"]) for entry in runner.load_points()["functions"]}
+    graded_functions = {(entry["file"], entry["function"]) for entry in load_points(grade.POINTS_PATH)["functions"]}
     for file, qualname in release.student_functions(REPO_ROOT):
         assert any(file == graded_file and (qualname == name or qualname.startswith(name + "."))
                    for graded_file, name in graded_functions), f"{qualname} is student work but never graded"
-    points = runner.load_points()
+    points = load_points(grade.POINTS_PATH)
     assert sum(entry["points"] for entry in points["functions"]) == 100
     for entry in points["functions"]:
         assert any(c.published for c in kit_checks.CHECKS[entry["function"]]), entry["function"]
@@ -394,27 +399,32 @@ def test_time_limit_network_block_and_import_errors_are_contained(tmp_path):
     networked = _write_submission(tmp_path / "networked", {"common.py": (
         locations_body, '    import urllib.request\n    urllib.request.urlopen("http://example.com", timeout=5)\n' + locations_body)})
     broken_common = _write_submission(tmp_path / "broken", {"common.py": ("def hello_common():", "def hello_common(:")})
-    points = runner.load_points()
+    points = load_points(grade.POINTS_PATH)
     for entry in points["functions"]:
         if entry["function"] == "nms":
             entry["time_limit_s"] = 5
     points_path = tmp_path / "points.json"
     points_path.write_text(json.dumps(points))
+    start = time.monotonic()
     results = grade.grade_submissions(
         [hanging, networked, broken_common], only=["nms", "get_fpn_location_coords", "fcos_make_centerness_targets"],
-        workers=2, points_path=str(points_path))
+        workers=2, points_path=str(points_path), sandbox_config=SANDBOX)
     hanging_result, networked_result, broken_result = (result.by_function() for result in results)
 
     assert hanging_result["nms"].status == "timeout" and hanging_result["nms"].points == 0
     assert "time limit of 5 s exceeded" in hanging_result["nms"].message
+    assert hanging_result["nms"].seconds < 15  # killed at the limit, not when the batch ends
     assert hanging_result["get_fpn_location_coords"].points == 10  # the other functions are unaffected
+    assert time.monotonic() - start < 240
 
+    # No network in the sandbox: the call fails at once (a URLError, reported as its built-in base OSError),
+    # naming the student's line.
     assert networked_result["get_fpn_location_coords"].points == 0
-    assert "network access is disabled while grading" in networked_result["get_fpn_location_coords"].message
-    assert "common.py:" in networked_result["get_fpn_location_coords"].message  # names the student's line
+    assert "OSError: <urlopen error" in networked_result["get_fpn_location_coords"].message
+    assert "common.py:" in networked_result["get_fpn_location_coords"].message
     assert networked_result["nms"].points == 15
 
-    # common.py does not import: its functions get 0, one_stage_detector.py is graded against the reference common.
+    # common.py does not import: its functions get 0, one_stage_detector.py is graded against the release's common.
     assert broken_result["nms"].points == 0 and "SyntaxError" in broken_result["nms"].message
     assert broken_result["fcos_make_centerness_targets"].points == 5
     assert "common.py" in results[2].import_errors
@@ -425,7 +435,7 @@ def test_bug_patches_must_change_student_regions_only():
     for bug in kit_bugs.load_bugs():
         patched = kit_bugs.apply_bug(bug, sources)
         assert patched != sources, bug.name
-        assert any(entry["function"] == bug.breaks for entry in runner.load_points()["functions"]), bug.name
+        assert any(entry["function"] == bug.breaks for entry in load_points(grade.POINTS_PATH)["functions"]), bug.name
     outside = kit_bugs.parse_bug("# Breaks: nms\n--- common.py\n@@\n-def hello_common():\n+def hello_common(x=1):\n", "outside")
     with pytest.raises(ValueError, match="outside the student's solution regions"):
         kit_bugs.apply_bug(outside, sources)

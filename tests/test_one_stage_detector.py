@@ -13,7 +13,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 import one_stage_detector
 from common import get_fpn_location_coords
-from conftest import make_fcos
+from conftest import HandSetMap, make_fcos
 from eecs598 import reset_seed
 from eecs598.grad import rel_error
 from one_stage_detector import (
@@ -115,17 +115,6 @@ def test_centerness_is_predicted_from_the_box_stem():
     assert torch.equal(ctr_before["p3"], ctr_after["p3"])
 
 
-class _HandSetMap(nn.Module):
-    """Stands in for a head conv: returns a fixed (1, C, H, W) map for the level of matching size."""
-
-    def __init__(self, maps_by_size):
-        super().__init__()
-        self.maps_by_size = maps_by_size
-
-    def forward(self, features):
-        return self.maps_by_size[tuple(features.shape[-2:])]
-
-
 def test_prediction_rows_align_with_location_rows_on_non_square_input():
     """A box predicted at feature cell (h, w) of p3 must decode around pixel (8w+4, 8h+4).
 
@@ -147,9 +136,9 @@ def test_prediction_rows_align_with_location_rows_on_non_square_input():
     cls_maps[p3][0, class_id, cell_h, cell_w] = 20.0
     # (l, t, r, b) = (1, 2, 3, 1.5) strides = (8, 16, 24, 12) pixels.
     box_maps[p3][0, :, cell_h, cell_w] = torch.tensor([1.0, 2.0, 3.0, 1.5])
-    model.pred_net.pred_cls = _HandSetMap(cls_maps)
-    model.pred_net.pred_box = _HandSetMap(box_maps)
-    model.pred_net.pred_ctr = _HandSetMap(ctr_maps)
+    model.pred_net.pred_cls = HandSetMap(cls_maps)
+    model.pred_net.pred_box = HandSetMap(box_maps)
+    model.pred_net.pred_ctr = HandSetMap(ctr_maps)
 
     boxes, classes, scores = model(torch.randn(1, 3, height, width), test_score_thresh=0.5)
     center_x, center_y = 8 * cell_w + 4, 8 * cell_h + 4  # (204, 28)

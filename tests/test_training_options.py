@@ -484,3 +484,15 @@ def test_a_frozen_accumulating_run_trains_evaluates_and_loads(tmp_path, monkeypa
     assert any(isinstance(m, FrozenBatchNorm2d) for m in loaded.model.modules())
     boxes, classes, scores = loaded.model(torch.zeros(1, 3, 64, 64))
     assert boxes.shape[-1] == 4 and len(classes) == len(scores)
+
+
+def test_a_checkpoint_from_before_these_settings_still_resumes(tmp_path):
+    path = str(tmp_path / "run.pt")
+    train_tiny(path, max_iters=4, checkpoint_period=2)
+    saved = torch.load(path, weights_only=True)
+    for key in ("accumulate_steps", "freeze_bn"):  # what a checkpoint of the previous version holds
+        del saved["settings"][key]
+    torch.save(saved, path)
+    history, _ = train_tiny(path, resume=True, max_iters=6, checkpoint_period=2, options=dict(learning_rate=0.01,
+                                                                                              extend=True))
+    assert len(history["total"]) == 6  # the missing settings count as their defaults: 1 and False

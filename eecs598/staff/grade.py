@@ -1,30 +1,32 @@
 """Grade FCOS submissions (course staff only; not shipped to students).
 
-    python -m eecs598.grade SUBMISSION [SUBMISSION ...] [--json FILE] [--only FUNCTION[,FUNCTION]]
-                            [--workers N] [--isolation {forkserver,spawn}] [--time-scale X]
+    python -m eecs598.grade SUBMISSION [SUBMISSION ...] [--json FILE] [--gradescope-results FILE]
+                            [--only FUNCTION[,FUNCTION]] [--workers N] [--time-scale X] [--threads N]
+                            [--sandbox {auto,namespaces,process}] [--sandbox-user USER] [--keep-logs DIR]
+    python -m eecs598.grade --gradescope-bundle autograder.zip [--hidden-visibility VISIBILITY]
 
-A submission is a folder (or the zip written by ``python -m eecs598.submit``) holding the student's
-``common.py`` and ``one_stage_detector.py`` (the notebook may be there too; it is not graded). Each
-graded function listed in ``eecs598/staff/points.json`` is exercised in a **fresh process**
-(``eecs598.staff.runner``) with a time limit and no network, with every other graded function replaced by
-the reference solution's, so a bug costs the points of the function it is in and no others. The checks
-(``eecs598/staff/checks.py``) are the notebook's published ones plus hidden ones.
+A submission is a folder (or the zip written by ``python -m eecs598.submit``, or a folder holding just that
+zip) with the student's ``common.py`` and ``one_stage_detector.py``. Each graded function of
+``eecs598/staff/points.json`` is run in a sandbox of its own (:mod:`.sandbox`, :mod:`.supervisor`): a
+process forked from a server that imported torch and never the reference solution, walled in (namespaces,
+an unprivileged user, read-only view without the solution, resource limits) before the student's code is
+loaded. There only the student's functions run (:mod:`.runner`), with every other graded function the
+checks go through replaced by the reference's definition (:mod:`.isolation`), and only their **outputs**
+come back, as plain data (:mod:`.wire`). This process, which runs no student code, computes the inputs and
+expected values from the reference solution itself and judges (:mod:`.trusted`, :mod:`.checks`).
 
-Fresh processes: with ``--isolation forkserver`` (the default on Linux and macOS) a server process
-imports torch and torchvision once, before any student code, and every grading process is forked from
-it: a new process with untouched module state that starts in milliseconds instead of the ~3 s an
-``import torch`` costs. ``--isolation spawn`` starts a new interpreter per function instead.
-
-Output: a table per submission (points, passed checks, the first failure's message) and, with
-``--json FILE``, a Gradescope-style results object (``score``, ``max_score``, ``tests`` with one entry
-per function, ``extra_data`` with every check); a list of them for several submissions.
+Output: a table per submission, ``--json FILE`` (staff results, every check), ``--gradescope-results FILE``
+(Gradescope's ``results.json``). Exit status 0 when graded; 2 when the grader cannot grade (bad options,
+points file or solution, no sandbox): such failures are never charged to a student.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -33,114 +35,31 @@ import tempfile
 import threading
 import time
 import types
-import zipfile
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-__all__ = ["FunctionResult", "SubmissionResult", "grade_submissions", "format_table", "to_json", "main"]
+from . import release, sandbox, supervisor, wire
+from .checks import CHECKS
+from .isolation import IsolationError, injection_for, parse_sources
+from .report import format_table, gradescope_results, to_json
+from .submissions import read_submission
+from .trusted import (VISIBILITIES, FunctionResult, GraderError, Reference, SubmissionResult, judge_run,
+                      load_points)
+
+__all__ = ["FunctionResult", "SubmissionResult", "GraderError", "grade_submissions", "format_table", "to_json",
+           "gradescope_results", "main", "REPO_ROOT", "POINTS_PATH"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POINTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "points.json")
-REQUIRED_FILES = ("common.py", "one_stage_detector.py")
-
-
-@dataclass
-class FunctionResult:
-    function: str
-    file: str
-    max_points: float
-    points: float = 0.0
-    checks: List[dict] = field(default_factory=list)
-    status: str = "graded"  # graded | timeout | crashed
-    message: str = ""  # first failure, time limit or crash
-    seconds: float = 0.0  # wall time of the grading process
-    cpu_seconds: float = 0.0  # CPU time it used (0 if it did not finish)
-
-    @property
-    def passed(self) -> int:
-        return sum(check["status"] == "passed" for check in self.checks)
-
-    @property
-    def run(self) -> int:
-        return sum(check["status"] in ("passed", "failed") for check in self.checks)
-
-    @property
-    def total(self) -> int:
-        return sum(check["status"] != "skipped" for check in self.checks)
-
-
-@dataclass
-class SubmissionResult:
-    submission: str
-    functions: List[FunctionResult]
-    import_errors: Dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0  # summed wall time of its grading processes
-
-    @property
-    def points(self) -> float:
-        return round(sum(result.points for result in self.functions), 2)
-
-    @property
-    def max_points(self) -> float:
-        return round(sum(result.max_points for result in self.functions), 2)
-
-    def by_function(self) -> Dict[str, FunctionResult]:
-        return {result.function: result for result in self.functions}
-
-
-# ------------------------------------------------------------------------------------------------
-# submissions
-# ------------------------------------------------------------------------------------------------
-
-
-def _unpack(submission: str, scratch: str) -> str:
-    """A folder holding the student's modules: the submission itself, or its zip extracted into
-    ``scratch`` (a zip with everything in one top-level folder works too)."""
-    if os.path.isdir(submission):
-        return os.path.abspath(submission)
-    if not zipfile.is_zipfile(submission):
-        raise FileNotFoundError(f"submission {submission} is neither a folder nor a zip file")
-    target = tempfile.mkdtemp(prefix="submission-", dir=scratch)
-    with zipfile.ZipFile(submission) as archive:
-        for member in archive.namelist():
-            path = os.path.realpath(os.path.join(target, member))
-            if not path.startswith(os.path.realpath(target) + os.sep):
-                raise ValueError(f"{submission}: unsafe path {member!r} in the zip")
-        archive.extractall(target)
-    entries = [name for name in os.listdir(target) if not name.startswith(("__MACOSX", "."))]
-    if not any(os.path.isfile(os.path.join(target, name)) for name in REQUIRED_FILES) and len(entries) == 1 \
-            and os.path.isdir(os.path.join(target, entries[0])):
-        return os.path.join(target, entries[0])
-    return target
-
-
-# ------------------------------------------------------------------------------------------------
-# grading
-# ------------------------------------------------------------------------------------------------
-
-
-def _context(isolation: str):
-    if isolation == "auto":
-        isolation = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(isolation)
-    if isolation == "forkserver":
-        # Imported once by the server, before any student code; every grading process forks from it.
-        context.set_forkserver_preload(["eecs598.staff.runner"])
-    return context
-
-
+_SUPERVISOR_GRACE_S = sandbox.SETUP_TIMEOUT_S + 30.0
+_PRELOAD = ["eecs598.staff.supervisor", "eecs598.staff.runner", "eecs598.models.backbones", "eecs598.models.options"]
 _START_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _plain_main_module():
-    """Hide the caller's ``__main__`` while a grading process starts.
-
-    multiprocessing's spawn and forkserver children re-import the parent's ``__main__`` (to unpickle
-    functions defined there). The grading target lives in ``eecs598.staff.runner``, so that import is never
-    needed, and it breaks or misbehaves when ``__main__`` is a script without a ``__name__`` guard, code
-    piped to ``python -`` (``<stdin>``) or a notebook. An empty stand-in avoids all of that.
-    """
+    """Hide the caller's ``__main__`` while a process starts: forkserver children re-import it (to unpickle
+    functions defined there), which the supervisor never needs and which breaks or misbehaves for scripts
+    without a ``__name__`` guard, code piped to ``python -`` or a notebook."""
     saved = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:
@@ -149,242 +68,343 @@ def _plain_main_module():
         sys.modules["__main__"] = saved
 
 
-def _score(entry: dict, checks: List[dict], partial_credit: bool) -> float:
-    graded = [check for check in checks if check["status"] != "skipped"]
-    if not graded:
-        return 0.0
-    passed = sum(check["status"] == "passed" for check in graded)
-    if partial_credit:
-        return round(entry["points"] * passed / len(graded), 2)
-    return float(entry["points"]) if passed == len(graded) else 0.0
+def _wait_for_forkserver_exit(timeout_s: float = 10.0) -> None:
+    """Wait until the lost forkserver is a zombie: its pipe ends close a moment before, and multiprocessing
+    starts a new server only once ``waitpid`` sees the old one gone (it reaps it then; we only look)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    deadline = time.monotonic() + timeout_s
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)
 
 
-def _grade_one(context, job: dict, entry: dict, time_limit: float, partial_credit: bool):
-    from eecs598.staff import checks as kit_checks  # the check list, to report checks that never ran
-    from eecs598.staff.runner import run_function
-
-    start = time.perf_counter()
-    process = context.Process(target=run_function, args=(job,), daemon=True)
-    with _START_LOCK, _plain_main_module():
-        process.start()
-    process.join(time_limit)
-    status, message = "graded", ""
-    if process.is_alive():
-        process.kill()
-        process.join()
-        status, message = "timeout", f"time limit of {time_limit:.0f} s exceeded"
-    elif process.exitcode != 0:
-        status = "crashed"
-        message = f"the grading process died (exit code {process.exitcode}); last output: {_tail(job['log_path'])}"
-    seconds = time.perf_counter() - start
-
-    payload = {"checks": [], "import_errors": {}}
-    if os.path.isfile(job["result_path"]):
-        with open(job["result_path"], encoding="utf-8") as f:
-            payload = json.load(f)
-    checks = payload["checks"]
-    for check in checks:
-        if check["status"] == "running":  # the one that was running when time ran out or the process died
-            check.update(status="failed", message=message or "did not finish")
-    done = {check["name"] for check in checks}
-    for check in kit_checks.CHECKS[entry["function"]]:
-        if check.name not in done:
-            checks.append({"name": check.name, "description": check.description, "published": check.published,
-                           "status": "failed", "message": "not run: " + (message or "the grading process stopped")})
-    result = FunctionResult(entry["function"], entry["file"], float(entry["points"]), checks=checks, status=status,
-                            seconds=round(seconds, 2))
-    result.cpu_seconds = float(payload.get("cpu_seconds", 0.0))
-    result.points = _score(entry, checks, partial_credit) if status == "graded" else 0.0
-    failures = [check for check in checks if check["status"] == "failed"]
-    result.message = message or (f"{failures[0]['name']}: {failures[0]['message']}" if failures else "")
-    return result, payload.get("import_errors", {})
+def _context():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)  # imported once by the server, before any student code
+    return context
 
 
-def _tail(path: str, limit: int = 400) -> str:
+def _validate_options(workers, time_scale, threads) -> None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()[-limit:].strip() or "(none)"
-    except OSError:
-        return "(none)"
+        import safetensors  # noqa: F401  (the format of tensors across the sandbox's wall)
+    except ImportError:
+        raise GraderError("the grader needs safetensors: pip install 'safetensors>=0.4' (the project's grader extra)") from None
+    for name, value in (("--workers", workers), ("--threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GraderError(f"{name} must be a whole number >= 1, got {value!r}")
+    if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not math.isfinite(time_scale) \
+            or time_scale <= 0:
+        raise GraderError(f"--time-scale must be a finite number > 0, got {time_scale!r}")
 
 
-def grade_submissions(
-    submissions: Sequence[str],
-    only: Optional[Sequence[str]] = None,
-    workers: int = 2,
-    isolation: str = "auto",
-    time_scale: float = 1.0,
-    threads: int = 1,
-    solution_dir: str = REPO_ROOT,
-    points_path: str = POINTS_PATH,
-    keep_logs: Optional[str] = None,
-) -> List[SubmissionResult]:
-    """Grade each submission (folder or zip); every graded function runs in its own fresh process.
+def _sandbox_config(points: dict, override: Optional[sandbox.SandboxConfig]) -> sandbox.SandboxConfig:
+    section = points.get("sandbox", {})
+    try:
+        config = override or sandbox.SandboxConfig(**section)
+        config.validate()
+    except (TypeError, ValueError) as error:
+        raise GraderError(f"sandbox settings: {error}") from None
+    return config
+
+
+class _Grading:
+    """One grading run: the scratch folder, the reference, the sandbox settings, the prepared functions."""
+
+    def __init__(self, scratch: str, ref: Reference, points: dict, config: sandbox.SandboxConfig, options: dict):
+        self.scratch, self.ref, self.points, self.options = scratch, ref, points, options
+        self.context = _context()
+        self.has_cuda = bool(__import__("torch").cuda.is_available())
+        root = os.geteuid() == 0
+        uid, gid = sandbox.user_ids(config.user) if root else (os.getuid(), os.getgid())
+        self.sandbox = dict(dataclasses.asdict(config), root=root, uid=uid, gid=gid)
+        self.graded = {entry["function"]: entry["file"] for entry in points["functions"]}
+        self.parsed = parse_sources(ref.texts)
+        self.prepared: dict = {}
+        self.prepare_lock = threading.Lock()
+        # The reference's expected outputs are computed here, one function after another, while the
+        # sandboxes run; a judge waits for its function's.
+        self.background = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.kit_copy = self._copy_kit()
+        self.fallback_common = self._write("fallback-common.py", release.release_source(ref.texts["common.py"], "common.py"))
+
+    def _write(self, name: str, text, binary: bool = False) -> str:
+        path = os.path.join(self.scratch, name)
+        with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            f.write(text)
+        return path
+
+    def _copy_kit(self) -> str:
+        """The released ``eecs598`` package (no staff wing) of the kit this process runs, for the sandbox."""
+        import eecs598
+
+        kit_root = os.path.dirname(os.path.dirname(os.path.abspath(eecs598.__file__)))
+        target = os.path.join(self.scratch, "kit")
+        for relative in release.released_files(kit_root):
+            if relative.startswith("eecs598/"):
+                destination = os.path.join(target, *relative.split("/"))
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                shutil.copyfile(os.path.join(kit_root, *relative.split("/")), destination)
+        return os.path.join(target, "eecs598")
+
+    def view(self, forbidden: Sequence[str], gpu: bool) -> dict:
+        import eecs598
+
+        package_dir = os.path.dirname(os.path.abspath(eecs598.__file__))
+        try:
+            return dataclasses.asdict(sandbox.build_view(self.kit_copy, package_dir, forbidden, gpu))
+        except ValueError as error:
+            raise GraderError(f"sandbox view: {error}") from None
+
+    def prepare(self, function: str) -> dict:
+        """Inputs (one wire message) and injection of ``function``, made once per run, and the reference's
+        expected outputs started in the background."""
+        with self.prepare_lock:
+            if function not in self.prepared:
+                try:
+                    injection = injection_for(function, self.graded, self.ref.texts, self.parsed)
+                except IsolationError as error:
+                    raise GraderError(str(error)) from None
+                inputs = self.ref.inputs(function)
+                tag = function.replace(".", "_")
+                self.prepared[function] = {
+                    "inputs_data": inputs,
+                    "inputs": self._write(f"inputs-{tag}.bin", wire.encode(inputs), binary=True),
+                    "injection": self._write(f"injection-{tag}.json", json.dumps(injection)),
+                    "expected": self.background.submit(self.ref.precompute, function, inputs, self.has_cuda),
+                }
+            return self.prepared[function]
+
+    def supervise(self, job_dir: str, job: dict, timeout_s: float) -> dict:
+        """Run one job through a supervisor process; its status (a grader failure raises)."""
+        with open(os.path.join(job_dir, "job.json"), "w", encoding="utf-8") as f:
+            json.dump(job, f)
+        status_path = os.path.join(job_dir, "status.json")
+        for attempt in (1, 2):
+            process = self.context.Process(target=supervisor.supervise, args=(job_dir,), daemon=True)
+            with _START_LOCK, _plain_main_module():
+                process.start()
+            process.join(timeout_s + _SUPERVISOR_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+                raise GraderError(f"the supervisor of {job['function']} did not finish")
+            # 255: multiprocessing lost the forkserver that started the supervisor (it died, e.g. killed by the
+            # kernel's OOM killer on a loaded machine), so the exit code is unknown. A status file is written
+            # last and atomically: when it is there the supervisor finished. Without it the job runs once more
+            # (the next start launches a new forkserver): a machine hiccup gives a late result, not a failed batch.
+            lost_forkserver = process.exitcode == 255 and self.context.get_start_method() == "forkserver"
+            if os.path.isfile(status_path) and (process.exitcode == 0 or lost_forkserver):
+                break
+            if attempt == 1 and lost_forkserver:
+                _wait_for_forkserver_exit()
+                print(f"grade: the forkserver ended while supervising {job['function']}; started a new one and "
+                      "ran the job again", file=sys.stderr)
+                continue
+            raise GraderError(f"the supervisor of {job['function']} failed (exit code {process.exitcode}"
+                              f"{': the forkserver it was started from ended' if process.exitcode == 255 else ''})")
+        with open(status_path, encoding="utf-8") as f:
+            status = json.load(f)
+        if status.get("setup_error"):
+            raise GraderError(f"the sandbox could not be set up: {status['setup_error']}")
+        return status
+
+    def job(self, entry: dict, files: dict, job_dir: str, forbidden: Sequence[str]) -> dict:
+        prepared = self.prepare(entry["function"])
+        checks = [c for c in CHECKS[entry["function"]] if self.has_cuda or not c.needs_cuda]
+        gpu = self.has_cuda and any(c.needs_cuda for c in checks)
+        os.makedirs(os.path.join(job_dir, "root"))
+        return {"function": entry["function"], "checks": [c.name for c in checks],
+                "time_limit_s": float(entry["time_limit_s"]) * self.options["time_scale"],
+                "threads": self.options["threads"], "gpu": gpu, "exception_chars": self.points.get("exception_chars", 200),
+                "sandbox": self.sandbox, "view": self.view(forbidden, gpu), "root_dir": os.path.join(job_dir, "root"),
+                "scratch_dir": os.path.join(job_dir, "scratch"), "files": files, "inputs": prepared["inputs"],
+                "injection": prepared["injection"], "fallback_common": self.fallback_common}
+
+    def run(self, tag: str, entry: dict, files: dict, forbidden: Sequence[str]):
+        """Grade one function of one submission: ``(FunctionResult, import errors)``."""
+        job_dir = os.path.join(self.scratch, "jobs", tag)
+        os.makedirs(job_dir)
+        job = self.job(entry, files, job_dir, forbidden)
+        status = self.supervise(job_dir, job, job["time_limit_s"])
+        with open(os.path.join(job_dir, "answers.bin"), "rb") as f:
+            answers = f.read((self.sandbox["output_mb"] << 20) + 1)
+        prepared = self.prepare(entry["function"])
+        prepared["expected"].result()  # re-raises the reference's failure (a GraderError)
+        if self.options["keep_logs"]:
+            for name in ("status.json", "log.txt"):
+                shutil.copy(os.path.join(job_dir, name), os.path.join(self.options["keep_logs"], f"{tag}.{name}"))
+        return judge_run(entry, prepared["inputs_data"], status, answers, self.ref,
+                         job["time_limit_s"], bool(self.points.get("partial_credit", False)),
+                         job["exception_chars"], self.has_cuda)
+
+    def check_sandbox(self, forbidden: Sequence[str]) -> None:
+        """Start one empty sandboxed run; refuse (or fall back, when asked) if the machine cannot."""
+        if self.sandbox["mode"] == "process":
+            return
+        entry = self.points["functions"][0]
+        job_dir = os.path.join(self.scratch, "jobs", "sandbox-check")
+        os.makedirs(job_dir)
+        job = self.job(entry, {}, job_dir, forbidden)
+        job.update(checks=[], time_limit_s=30.0, sandbox=dict(self.sandbox, mode="namespaces"))
+        try:
+            self.supervise(job_dir, job, 30.0)
+        except GraderError as error:
+            raise GraderError(f"{error}. Walling student code in needs root or unprivileged user namespaces "
+                              "(see docs/staff.md); to grade trusted code without, pass --sandbox process") from None
+        self.sandbox["mode"] = "namespaces"
+
+
+def grade_submissions(submissions: Sequence[str], only: Optional[Sequence[str]] = None, workers: int = 2,
+                      time_scale: float = 1.0, threads: int = 1, solution_dir: str = REPO_ROOT,
+                      points_path: str = POINTS_PATH, keep_logs: Optional[str] = None,
+                      sandbox_config: Optional[sandbox.SandboxConfig] = None) -> List[SubmissionResult]:
+    """Grade each submission (folder or zip); every graded function runs in a sandbox of its own.
 
     Args:
         submissions: folders or zip files.
         only: names of graded functions to run (default: all in the points file).
-        workers: grading processes at a time.
-        isolation: ``"forkserver"``, ``"spawn"`` or ``"auto"`` (forkserver where available).
+        workers: sandboxed runs at a time.
         time_scale: multiplies every function's time limit (slower machines).
-        threads: torch CPU threads per grading process.
+        threads: torch CPU threads per sandboxed run.
         solution_dir: the reference solution (default: this repository).
         points_path: the points file.
-        keep_logs: a folder to keep each process's output and result file in (default: deleted).
+        keep_logs: a folder to keep each run's status and output in (for staff).
+        sandbox_config: containment settings (default: the points file's, else :class:`.sandbox.SandboxConfig`).
 
     Returns:
         One :class:`SubmissionResult` per submission, in order.
-    """
-    from eecs598.staff.runner import load_points
 
+    Raises:
+        GraderError: bad options, points file or solution, a sandbox that cannot start; before any student
+            is graded where possible.
+    """
+    _validate_options(workers, time_scale, threads)
     points = load_points(points_path)
+    config = _sandbox_config(points, sandbox_config)
     entries = points["functions"]
     if only:
         unknown = sorted(set(only) - {entry["function"] for entry in entries})
         if unknown:
-            raise ValueError(f"unknown function(s) {unknown}; graded functions: {[e['function'] for e in entries]}")
+            raise GraderError(f"unknown function(s) {unknown}; graded functions: {[e['function'] for e in entries]}")
         entries = [entry for entry in entries if entry["function"] in only]
+    ref = Reference(solution_dir)
+    if keep_logs:
+        os.makedirs(keep_logs, exist_ok=True)
     os.environ.setdefault("MPLBACKEND", "Agg")  # inherited by the forkserver: no GUI backend for matplotlib
-    context = _context(isolation)
-    scratch = tempfile.mkdtemp(prefix="fcos-grading-")
-    try:
-        folders = [_unpack(submission, scratch) for submission in submissions]
+    with tempfile.TemporaryDirectory(prefix="fcos-grading-") as scratch:
+        grading = _Grading(scratch, ref, points, config, {"time_scale": float(time_scale), "threads": threads,
+                                                          "keep_logs": keep_logs})
+        read = [read_submission(path) for path in submissions]
+        forbidden = [solution_dir, scratch, REPO_ROOT, os.path.dirname(os.path.abspath(points_path))]
+        forbidden += [os.path.abspath(path) for path in submissions]
+        grading.check_sandbox(forbidden)
         jobs = []
-        for index, folder in enumerate(folders):
+        for index, submission in enumerate(read):
+            files = {name: grading._write(f"submission-{index:03d}-{name}", text) for name, text in submission.files.items()}
             for entry in entries:
-                tag = f"{index:03d}-{entry['function'].replace('.', '_')}"
-                jobs.append((index, entry, {
-                    "submission": folder, "solution": os.path.abspath(solution_dir), "function": entry["function"],
-                    "result_path": os.path.join(scratch, tag + ".json"), "log_path": os.path.join(scratch, tag + ".log"),
-                    "threads": threads, "points_path": os.path.abspath(points_path),
-                }))
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = [pool.submit(_grade_one, context, job, entry, entry["time_limit_s"] * time_scale,
-                                   bool(points.get("partial_credit", False)))
-                       for _, entry, job in jobs]
-            outcomes = [future.result() for future in futures]
-        results = [SubmissionResult(submission, []) for submission in submissions]
-        for (index, _, _), (function_result, import_errors) in zip(jobs, outcomes):
-            results[index].functions.append(function_result)
-            results[index].import_errors.update(import_errors)
-        for result in results:  # process time spent on it (the processes of several submissions overlap)
-            result.seconds = round(sum(function.seconds for function in result.functions), 2)
-        if keep_logs:
-            os.makedirs(keep_logs, exist_ok=True)
-            for name in os.listdir(scratch):
-                if name.endswith((".json", ".log")):
-                    shutil.copy(os.path.join(scratch, name), keep_logs)
-        return results
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+                jobs.append((index, entry, files, f"{index:03d}-{entry['function'].replace('.', '_')}"))
+        # Longest first (by time limit; stable): the slow FCOS.forward runs start together, short ones fill in.
+        order = sorted(range(len(jobs)), key=lambda i: -float(jobs[i][1]["time_limit_s"]))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {i: pool.submit(grading.run, jobs[i][3], jobs[i][1], jobs[i][2], forbidden) for i in order}
+            try:
+                outcomes = [futures[i].result() for i in range(len(jobs))]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                grading.background.shutdown(wait=True, cancel_futures=True)
+    results = [SubmissionResult(submission.label, [], import_errors=dict(submission.problems)) for submission in read]
+    for (index, _, _, _), (function_result, import_errors) in zip(jobs, outcomes):
+        results[index].functions.append(function_result)
+        for file, error in import_errors.items():
+            results[index].import_errors.setdefault(file, error)
+    for result in results:  # process time spent on it (the runs of several submissions overlap)
+        result.seconds = round(sum(function.seconds for function in result.functions), 2)
+    return results
 
 
-# ------------------------------------------------------------------------------------------------
-# reports
-# ------------------------------------------------------------------------------------------------
-
-
-def _points_text(value: float) -> str:
-    return f"{value:g}"
-
-
-def format_table(result: SubmissionResult, width: int = 50) -> str:
-    """The per-function table: points, passed checks (skipped ones, e.g. CUDA without a GPU, not
-    counted) and the first failure's message."""
-    name_width = max(len("function"), *(len(r.function) for r in result.functions))
-    file_width = max(len("file"), *(len(r.file) for r in result.functions))
-    lines = [f"Submission: {result.submission}"]
-    for file, error in sorted(result.import_errors.items()):
-        lines.append(f"  ! {file} does not import: {error}")
-    header = f"{'function':<{name_width}}  {'file':<{file_width}}  {'points':>9}  {'checks':>6}  first failure"
-    lines += [header, "-" * len(header)]
-    for r in result.functions:
-        message = r.message.replace("\n", " ")
-        if len(message) > width:
-            message = message[: width - 3] + "..."
-        points = f"{_points_text(r.points)} / {_points_text(r.max_points)}"
-        lines.append(f"{r.function:<{name_width}}  {r.file:<{file_width}}  {points:>9}  "
-                     f"{f'{r.passed}/{r.total}':>6}  {message}".rstrip())
-    lines.append("-" * len(header))
-    total = f"{_points_text(result.points)} / {_points_text(result.max_points)}"
-    lines.append(f"{'total':<{name_width}}  {'':<{file_width}}  {total:>9}")
-    failed = [r for r in result.functions if r.message]
-    if failed:
-        lines.append("First failures in full:")
-        lines += [f"  {r.function}: {r.message}" for r in failed]
-    return "\n".join(lines)
-
-
-def to_json(result: SubmissionResult) -> dict:
-    """Gradescope-style results: ``score``, ``max_score``, ``execution_time``, ``tests`` (one per graded
-    function, ``output`` holding the first failure) and ``extra_data`` (every check)."""
-    tests = []
-    for number, r in enumerate(result.functions, start=1):
-        output = f"{r.passed}/{r.total} checks passed."
-        if r.message:
-            output += f" First failure: {r.message}"
-        tests.append({
-            "name": f"{r.function} ({r.file})",
-            "number": str(number),
-            "score": r.points,
-            "max_score": r.max_points,
-            "status": "passed" if r.points == r.max_points else "failed",
-            "output": output,
-            "extra_data": {"function": r.function, "file": r.file, "grading_status": r.status,
-                           "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "checks": r.checks},
-        })
-    return {
-        "score": result.points,
-        "max_score": result.max_points,
-        "execution_time": result.seconds,
-        "tests": tests,
-        "extra_data": {"submission": result.submission, "import_errors": result.import_errors},
-    }
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m eecs598.grade",
+        description="Grade FCOS submissions: every graded function of eecs598/staff/points.json runs in a sandbox "
+                    "of its own (no network, no solution, an unprivileged user, resource limits) with the other "
+                    "graded functions replaced by the reference solution's; only its outputs come back and are "
+                    "judged here against values computed from the reference solution.",
+    )
+    parser.add_argument("submissions", nargs="*", metavar="SUBMISSION",
+                        help="folder with common.py and one_stage_detector.py, or the zip from eecs598.submit")
+    parser.add_argument("--json", metavar="FILE", help="write staff results JSON here (a list for several submissions)")
+    parser.add_argument("--gradescope-results", metavar="FILE", help="write Gradescope's results.json (one submission)")
+    parser.add_argument("--gradescope-bundle", metavar="ZIP", help="write the Gradescope autograder zip and exit")
+    parser.add_argument("--hidden-visibility", choices=VISIBILITIES, default=None,
+                        help="when Gradescope shows hidden checks' results to students (default: the points file's, "
+                             "else after_published)")
+    parser.add_argument("--only", metavar="FUNCTION[,FUNCTION]", help="grade only these functions, e.g. 'nms,FCOS.inference'")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="sandboxed runs at a time (default: %(default)s)")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="multiply every time limit of the points file by this (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per sandboxed run (default: 1)")
+    parser.add_argument("--solution", default=REPO_ROOT, metavar="DIR", help="reference solution (default: %(default)s)")
+    parser.add_argument("--points", default=POINTS_PATH, metavar="FILE", help="points file (default: %(default)s)")
+    parser.add_argument("--sandbox", choices=("auto", "namespaces", "process"), default=None,
+                        help="containment: namespaces (needs root or user namespaces; auto refuses without), or "
+                             "process (limits only, for trusted code)")
+    parser.add_argument("--sandbox-user", metavar="USER", default=None,
+                        help="unprivileged user for student code when grading as root (default: nobody)")
+    parser.add_argument("--keep-logs", metavar="DIR", help="keep every run's status and output here")
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eecs598.grade",
-        description="Grade FCOS submissions: every graded function of eecs598/staff/points.json runs in a fresh "
-                    "process with a time limit and no network, against the published and hidden checks, with "
-                    "the other graded functions replaced by the reference solution's.",
-    )
-    parser.add_argument("submissions", nargs="+", metavar="SUBMISSION",
-                        help="folder with common.py and one_stage_detector.py, or the zip from eecs598.tools.submit")
-    parser.add_argument("--json", metavar="FILE", help="write Gradescope-style results JSON here (a list for "
-                        "several submissions)")
-    parser.add_argument("--only", metavar="FUNCTION[,FUNCTION]",
-                        help="grade only these functions, e.g. 'nms,FCOS.inference'")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="grading processes at a time (default: %(default)s)")
-    parser.add_argument("--isolation", choices=("auto", "forkserver", "spawn"), default="auto",
-                        help="how fresh processes start: forked from a server that imported torch (fast), or "
-                             "a new interpreter each (default: forkserver where available)")
-    parser.add_argument("--time-scale", type=float, default=1.0,
-                        help="multiply every time limit of the points file by this (default: 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per grading process (default: 1)")
-    parser.add_argument("--solution", default=REPO_ROOT, metavar="DIR",
-                        help="reference solution repository (default: %(default)s)")
-    parser.add_argument("--points", default=POINTS_PATH, metavar="FILE", help="points file (default: %(default)s)")
-    parser.add_argument("--keep-logs", metavar="DIR", help="keep every grading process's output and results here")
+    parser = _parser()
     args = parser.parse_args(argv)
-    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     try:
-        results = grade_submissions(args.submissions, only=only, workers=args.workers, isolation=args.isolation,
-                                    time_scale=args.time_scale, threads=args.threads, solution_dir=args.solution,
-                                    points_path=args.points, keep_logs=args.keep_logs)
-    except (OSError, ValueError) as error:
+        if args.gradescope_bundle:
+            from .gradescope import write_bundle
+
+            write_bundle(args.gradescope_bundle, solution_dir=args.solution, points_path=args.points,
+                         hidden_visibility=args.hidden_visibility)
+            print(f"Wrote {args.gradescope_bundle}: upload it as the assignment's autograder.")
+            return 0
+        if not args.submissions:
+            parser.error("give at least one SUBMISSION, or --gradescope-bundle ZIP")
+        if args.gradescope_results and len(args.submissions) != 1:
+            raise GraderError("--gradescope-results takes exactly one submission")
+        only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
+        points = load_points(args.points)
+        config = None
+        if args.sandbox or args.sandbox_user:
+            flags = {k: v for k, v in (("mode", args.sandbox), ("user", args.sandbox_user)) if v}
+            config = dataclasses.replace(_sandbox_config(points, None), **flags)
+        results = grade_submissions(args.submissions, only=only, workers=args.workers, time_scale=args.time_scale,
+                                    threads=args.threads, solution_dir=args.solution, points_path=args.points,
+                                    keep_logs=args.keep_logs, sandbox_config=config)
+    except (GraderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for index, result in enumerate(results):
-        if index:
-            print()
-        print(format_table(result))
+        print(("\n" if index else "") + format_table(result))
     if args.json:
         payload = [to_json(result) for result in results]
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(payload[0] if len(payload) == 1 else payload, f, indent=2)
         print(f"\nWrote {args.json}")
+    if args.gradescope_results:
+        visibility = args.hidden_visibility or points.get("hidden_visibility", "after_published")
+        os.makedirs(os.path.dirname(os.path.abspath(args.gradescope_results)), exist_ok=True)
+        with open(args.gradescope_results, "w", encoding="utf-8") as f:
+            json.dump(gradescope_results(results[0], visibility), f, indent=2)
+        print(f"\nWrote {args.gradescope_results}")
     return 0
 
 

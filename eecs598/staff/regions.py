@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from eecs598.tools import stubs
+
 __all__ = ["BEGIN_MARKER", "END_MARKER", "RELEASE_MARKER", "ReleaseError", "Region", "find_regions",
            "release_source", "reinsert_solutions", "release_notebook", "reinsert_notebook"]
 
@@ -26,9 +28,8 @@ BEGIN_MARKER = "### BEGIN SOLUTION"
 END_MARKER = "### END SOLUTION"
 RELEASE_MARKER = "### RELEASE"
 
-# The course's banner around every stub.
-_RULE = "#" * 70
-_END_OF_YOUR_CODE = "#" + "END OF YOUR CODE".center(68) + "#"
+# The course's banner around every stub: its text is defined once, in eecs598.tools.stubs, which the
+# students' submission check (eecs598.tools.submit) reads to find stubs left in.
 _MARKER_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN SOLUTION|END SOLUTION|RELEASE))[ \t]*$")
 
 
@@ -221,25 +222,17 @@ def _number_parts(regions: List[Region]) -> None:
 
 
 def _replacement_lines(region: Region, file_name: str) -> List[str]:
-    """The release's lines for ``region``: the banner and stub, or the given release code."""
+    """The release's lines for ``region``: the banner and stub (:mod:`eecs598.tools.stubs`), or the given
+    release code."""
     if not region.is_student_work:
         return list(region.release_lines)
-    indent = region.indent
-    if region.qualname is None:
-        todo = "TODO (optional): helper functions or code of your own go here."
-    else:
-        part = f"part {region.part} of {region.parts} of " if region.parts > 1 else ""
-        todo = f"TODO: Implement {part}{region.qualname}, as its docstring describes."
+    todo = stubs.todo_line(region.qualname, region.part, region.parts)
     if region.stub == "raise":
-        part = f" (part {region.part} of {region.parts})" if region.parts > 1 else ""
-        replace = '# Replace the "raise NotImplementedError(...)" statement with your code'
-        statement = (f'raise NotImplementedError("{region.qualname}{part} is not implemented yet: write it in '
-                     f'{file_name}")')
+        replace = stubs.REPLACE_RAISE
+        statement = stubs.raise_statement(region.qualname, file_name, region.part, region.parts)
     else:
-        replace = '# Replace "pass" statement with your code'
-        statement = "pass"
-    body = [_RULE, "# " + todo, _RULE, replace, statement, _RULE, _END_OF_YOUR_CODE, _RULE]
-    return [indent + line for line in body]
+        replace, statement = stubs.REPLACE_PASS, "pass"
+    return stubs.banner(region.indent, todo, replace, statement)
 
 
 def release_source(text: str, where: str = "<text>") -> str:

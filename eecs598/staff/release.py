@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from typing import List, Optional, Sequence, Tuple
 
 from .regions import (BEGIN_MARKER, END_MARKER, RELEASE_MARKER, Region, ReleaseError, find_regions,  # noqa: F401
@@ -170,24 +171,50 @@ def _student_readme(solution_dir: str) -> str:
     return template.replace("{{FUNCTION_TABLE}}", rows)
 
 
-def _clear_output_dir(out_dir: str, solution_dir: str, force: bool) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+def _check_output_dir(out_dir: str, solution_dir: str, force: bool) -> None:
+    """Refuse an ``out_dir`` that is, holds or lies inside the solution (``--force`` or not: replacing it
+    would delete solution files), is not a folder, or is a non-empty folder without ``force``."""
+    out_real, solution_real = os.path.realpath(out_dir), os.path.realpath(solution_dir)
+    if out_real == solution_real or out_real.startswith(solution_real + os.sep) \
+            or solution_real.startswith(out_real + os.sep):
+        relation = ("is the solution" if out_real == solution_real else "is inside the solution"
+                    if out_real.startswith(solution_real + os.sep) else "contains the solution")
+        raise ReleaseError(f"--out {out_dir} {relation} ({solution_dir}); write the release outside it")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ReleaseError(f"--out {out_dir} exists and is not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        if not force:
-            raise ReleaseError(f"--out {out_dir} is not empty; choose a new directory or pass --force to replace it")
-        out_real, solution_real = os.path.realpath(out_dir), os.path.realpath(solution_dir)
-        if solution_real == out_real or solution_real.startswith(out_real + os.sep):
-            raise ReleaseError(f"--out {out_dir} contains the solution itself; choose another directory")
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.islink(out_dir):
+        raise ReleaseError(f"--out {out_dir} is a symbolic link; give the folder itself")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
+        raise ReleaseError(f"--out {out_dir} is not empty; choose a new directory or pass --force to replace it")
+
+
+def _swap_in(partial: str, out_dir: str) -> None:
+    """Put the finished release ``partial`` (a sibling of ``out_dir``) in place of ``out_dir`` whole: the old
+    folder is renamed aside first and deleted only after the new one is in place."""
+    old = None
+    if os.path.isdir(out_dir):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+        os.rmdir(old)
+        os.rename(out_dir, old)
+    try:
+        os.rename(partial, out_dir)
+    except OSError:
+        if old is not None:
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_release(out_dir: str, solution_dir: str = REPO_ROOT, force: bool = False) -> List[str]:
     """Write the student release of ``solution_dir`` into ``out_dir``.
 
+    The release is written into a hidden temporary folder beside ``out_dir`` and swapped in whole when it is
+    complete, so a failure (bad markers, a full disk) leaves ``out_dir`` as it was.
+
     Args:
-        out_dir: new or empty directory (``force=True`` deletes an existing one first).
+        out_dir: new or empty directory (``force=True`` replaces an existing one); never the solution, a
+            folder inside it or one that contains it.
         solution_dir: the solution repository (default: the one this module belongs to).
         force: replace a non-empty ``out_dir``.
 
@@ -195,10 +222,27 @@ def build_release(out_dir: str, solution_dir: str = REPO_ROOT, force: bool = Fal
         The written paths, relative to ``out_dir``.
 
     Raises:
-        ReleaseError: bad markers, a release that is not valid Python, or a release file that still
-            holds a marker or a reference to the staff tools.
+        ReleaseError: bad markers, a release that is not valid Python, a release file that still holds a
+            marker or a reference to the staff tools, or an ``out_dir`` refused above.
     """
-    _clear_output_dir(out_dir, solution_dir, force)
+    _check_output_dir(out_dir, solution_dir, force)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.partial-", dir=parent)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it private; the release is an ordinary folder
+    try:
+        written = _write_release(partial, solution_dir)
+        _swap_in(partial, os.path.abspath(out_dir))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return written
+
+
+def _write_release(out_dir: str, solution_dir: str) -> List[str]:
+    """Write every release file into the (new, empty) ``out_dir``; returns their relative paths."""
     written = []
 
     def write(relative: str, text: str) -> None:

@@ -1,85 +1,78 @@
-"""The grading child process: load a submission, isolate one graded function, run its checks.
+"""The code that runs in the sandbox (after :func:`.sandbox.enter`), the only code that meets the student's.
 
-``eecs598.staff.grade`` starts one fresh process per (submission, graded function) and calls
-:func:`run_function` in it. That process
+It loads the student's ``common.py`` and ``one_stage_detector.py`` from the sandbox's ``/submission`` under
+their own names (the student's ``from common import ...`` finds the student's ``common``); if ``common.py``
+does not import, ``one_stage_detector.py`` is imported against the release's ``common.py`` so that its
+functions can still be graded. It then compiles, in a namespace of their own, the reference definitions of
+the other graded functions the checks run through (:mod:`.isolation`) and puts them into the student's
+modules, and runs each check's **probe** in order, sending every check's outputs (or the student's
+exception: its type, the submission's file:line, its text cut short) as a :mod:`.wire` message on the answer
+pipe. It decides nothing: the trusted grader judges the outputs.
 
-1. cuts itself off the network (``socket`` connections and name lookups raise ``OSError``, proxies
-   point nowhere, ``TORCH_HOME`` is an empty folder, so no weight download can even start) and works
-   in a scratch directory;
-2. imports the reference solution, then the student's ``common.py`` and ``one_stage_detector.py`` from
-   the submission folder under their own names (the student's ``from common import ...`` finds the
-   student's ``common``). If the student's ``common.py`` does not import, ``one_stage_detector.py`` is
-   imported against the reference ``common`` so its functions can still be graded;
-3. replaces, inside the student's modules, every other graded function and the given ones
-   (``checks.GIVEN_FUNCTIONS``) by the reference solution's;
-4. runs the function's checks in order, writing the results to a JSON file after each one, so a
-   process killed at the time limit still reports the checks it finished.
-
-The network cut-off guards against accidents (a ``pretrained=True`` left in), not against a student
-who sets out to break it; run the grader in a container without network for that.
+Everything here may be undone by the student's code, which runs in the same process: that changes only
+what this process answers, never how the answer is judged.
 """
 from __future__ import annotations
 
+import builtins
 import importlib.util
-import json
 import os
-import socket
 import sys
-import tempfile
 import time
 import traceback
+import types
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torchvision  # noqa: F401  (imported before any student code, as in the forkserver)
 
-from eecs598.staff import checks as kit_checks
+from . import wire
+from .checks import CHECKS, Env
 
-__all__ = ["run_function", "load_points", "POINTS_PATH", "MODULE_FILES"]
+__all__ = ["run", "describe_exception", "MODULE_FILES"]
 
-POINTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "points.json")
 MODULE_FILES = ("common.py", "one_stage_detector.py")
+MAX_MESSAGE_BYTES = 96 << 20
 
 
-def load_points(path: str = POINTS_PATH) -> dict:
-    """The points file: ``{"partial_credit": bool, "functions": [{"function", "file", "points",
-    "time_limit_s"}, ...]}``, validated."""
-    with open(path, encoding="utf-8") as f:
-        points = json.load(f)
-    seen = set()
-    for entry in points.get("functions", []):
-        missing = {"function", "file", "points", "time_limit_s"} - set(entry)
-        if missing:
-            raise ValueError(f"{path}: entry {entry} lacks {sorted(missing)}")
-        if entry["file"] not in MODULE_FILES:
-            raise ValueError(f"{path}: {entry['function']}: file must be one of {MODULE_FILES}, got {entry['file']}")
-        if entry["function"] in seen:
-            raise ValueError(f"{path}: {entry['function']} is listed twice")
-        if entry["function"] not in kit_checks.CHECKS:
-            raise ValueError(f"{path}: {entry['function']} has no checks in eecs598/staff/checks.py")
-        seen.add(entry["function"])
-    return points
+def describe_exception(error: BaseException, submission_dir: Optional[str], max_chars: int) -> dict:
+    """The student's exception as plain data: the built-in class it derives from (a class named by the
+    submission could carry text), the submission's last ``file:line`` in the traceback, the text cut short."""
+    kind = next((cls.__name__ for cls in type(error).__mro__ if getattr(builtins, cls.__name__, None) is cls),
+                "BaseException")
+    where = None
+    if submission_dir is not None:
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+                  if os.path.dirname(os.path.abspath(frame.filename)) == submission_dir]
+        if frames:
+            where = f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return {"type": kind, "where": where, "text": text[:max_chars]}
 
 
-# ------------------------------------------------------------------------------------------------
-# sandbox
-# ------------------------------------------------------------------------------------------------
+class _Answers:
+    """Frames on the answer pipe."""
 
+    def __init__(self, fd: int):
+        self.fd = fd
 
-def _refuse_network(*args, **kwargs):
-    raise OSError("network access is disabled while grading")
-
-
-def disable_network() -> None:
-    """Make every new connection and name lookup in this process fail at once."""
-    socket.socket.connect = _refuse_network
-    socket.socket.connect_ex = _refuse_network
-    socket.create_connection = _refuse_network
-    socket.getaddrinfo = _refuse_network
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ftp_proxy", "all_proxy"):
-        os.environ[name] = "http://127.0.0.1:9"
-    os.environ["no_proxy"] = os.environ["NO_PROXY"] = ""
+    def send(self, value: dict) -> None:
+        try:
+            message = wire.encode(value)
+        except Exception as error:
+            message = wire.encode({key: value[key] for key in ("event", "check") if key in value} |
+                                  {"error": {"type": type(error).__name__, "where": None,
+                                             "text": "the outputs could not be encoded"}})
+        if len(message) > MAX_MESSAGE_BYTES:
+            message = wire.encode({key: value[key] for key in ("event", "check") if key in value} |
+                                  {"error": {"type": "MemoryError", "where": None, "text": "the outputs are too large"}})
+        data = memoryview(wire.frame(message))
+        while data:
+            data = data[os.write(self.fd, data):]
 
 
 def _load_module(name: str, path: str):
@@ -94,146 +87,101 @@ def _load_module(name: str, path: str):
     return module
 
 
-def _describe_exception(error: BaseException, submission_dir: Optional[str] = None) -> str:
-    """``"Type: message (file.py:line)"``, naming the last line of the submission in the traceback."""
-    text = f"{type(error).__name__}: {error}".strip()
-    if submission_dir is not None:
-        submission_dir = os.path.realpath(submission_dir)
-        frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-                  if os.path.realpath(frame.filename).startswith(submission_dir + os.sep)]
-        if frames:
-            text += f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
-    return text
-
-
-def load_modules(submission_dir: str, solution_dir: str):
-    """``(students, references, import_errors)``: module dicts keyed by file name."""
+def load_students(submission_dir: str, fallback_common: Optional[str], max_chars: int):
+    """``(students, import_errors)``: the student's modules by file (``None`` where one does not import)."""
     for name in ("common", "one_stage_detector"):
         sys.modules.pop(name, None)
-    references = {}
-    for file in MODULE_FILES:
-        references[file] = _load_module(file[:-3], os.path.join(solution_dir, file))
-    for file in MODULE_FILES:  # keep them alive under other names; free the real names for the student's
-        sys.modules["_kit_reference_" + file[:-3]] = sys.modules.pop(file[:-3])
-
-    students: Dict[str, Optional[object]] = {}
-    import_errors: Dict[str, str] = {}
-    sys.path.insert(0, submission_dir)
+    students: Dict[str, Optional[types.ModuleType]] = {}
+    import_errors: Dict[str, dict] = {}
     for file in MODULE_FILES:
         path = os.path.join(submission_dir, file)
+        students[file] = None
         if not os.path.isfile(path):
-            students[file], import_errors[file] = None, f"{file} is missing from the submission"
-            continue
-        try:
-            students[file] = _load_module(file[:-3], path)
-        except BaseException as error:  # SyntaxError, ImportError, an exception at import, sys.exit ...
-            students[file] = None
-            import_errors[file] = _describe_exception(error, submission_dir)
-            if file == "common.py":  # grade one_stage_detector.py against the reference common
-                sys.modules["common"] = references["common.py"]
-    return students, references, import_errors
+            import_errors[file] = {"type": "FileNotFoundError", "where": None, "text": f"{file} is missing from the submission"}
+        else:
+            try:
+                students[file] = _load_module(file[:-3], path)
+            except BaseException as error:  # SyntaxError, ImportError, an exception at import, sys.exit ...
+                import_errors[file] = describe_exception(error, submission_dir, max_chars)
+        if file == "common.py" and students[file] is None and fallback_common is not None:
+            fallback = types.ModuleType("common")
+            fallback.__file__ = "<the release's common.py>"
+            exec(compile(fallback_common, fallback.__file__, "exec"), fallback.__dict__)
+            sys.modules["common"] = fallback
+    return students, import_errors
 
 
-def _resolve(module, dotted: str):
-    owner = module
-    for part in dotted.split(".")[:-1]:
-        owner = getattr(owner, part, None)
-        if owner is None:
-            return None, None
-    return owner, dotted.split(".")[-1]
+def _replace(module: types.ModuleType, name: str, replacement, modules) -> None:
+    """``module.name = replacement``, and wherever the student's modules imported the old object."""
+    original = getattr(module, name, None)
+    setattr(module, name, replacement)
+    if original is None:
+        return
+    for other in modules:
+        for global_name, value in list(vars(other).items()):
+            if value is original:
+                setattr(other, global_name, replacement)
 
 
-def isolate(function: str, points: dict, students: dict, references: dict) -> None:
-    """Replace every graded function but ``function``, and the given functions, by the reference's in
-    the student's modules (and wherever the student's modules imported them)."""
-    targets = [(entry["file"], entry["function"]) for entry in points["functions"] if entry["function"] != function]
-    targets += list(kit_checks.GIVEN_FUNCTIONS)
-    live_modules = [module for module in students.values() if module is not None]
-    for file, dotted in targets:
-        student_module, reference_module = students.get(file), references[file]
-        reference_owner, name = _resolve(reference_module, dotted)
-        if reference_owner is None or not hasattr(reference_owner, name):
-            continue
-        if "." in dotted:  # a method: patch the student's class
-            if student_module is None:
+def inject(injection: dict, students: Dict[str, Optional[types.ModuleType]]) -> None:
+    """Put the reference definitions of the other functions (one namespace per file) into the modules."""
+    modules = {"common.py": sys.modules.get("common"), "one_stage_detector.py": students["one_stage_detector.py"]}
+    live = [module for module in modules.values() if module is not None]
+    for entry in injection["files"]:
+        module = modules.get(entry["file"])
+        if module is None:
+            continue  # that file did not import: its own checks fail anyway
+        namespace = {"__name__": "_kit_isolation_" + entry["file"][:-3], "__builtins__": builtins}
+        for statement in entry["imports"].splitlines():
+            try:  # the student's module may lack a name the reference imports: that name is then missing
+                exec(compile(statement, "<imports>", "exec"), namespace)
+            except Exception:
                 continue
-            student_owner, _ = _resolve(student_module, dotted)
-            if isinstance(student_owner, type):
-                setattr(student_owner, name, reference_owner.__dict__.get(name, getattr(reference_owner, name)))
-            continue
-        replacement = getattr(reference_owner, name)
-        original = getattr(student_module, name, None) if student_module is not None else None
-        if student_module is not None:
-            setattr(student_module, name, replacement)
-        if original is not None:
-            for module in live_modules:
-                for global_name, value in list(vars(module).items()):
-                    if value is original:
-                        setattr(module, global_name, replacement)
+        for name in entry["student_names"]:
+            if hasattr(module, name):
+                namespace[name] = getattr(module, name)
+        exec(compile(entry["source"], f"<reference definitions for {entry['file']}>", "exec"), namespace)
+        for name in entry["exports"]:
+            _replace(module, name, namespace[name], live)
+        for dotted, source in entry["methods"]:
+            class_name, method = dotted.split(".")
+            owner = getattr(module, class_name, None)
+            exec(compile(source, f"<reference {dotted}>", "exec"), namespace)
+            if isinstance(owner, type):
+                setattr(owner, method, namespace.pop(method))
 
 
-# ------------------------------------------------------------------------------------------------
-# entry point
-# ------------------------------------------------------------------------------------------------
-
-
-def _write(path: str, payload: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-    os.replace(temporary, path)
-
-
-def run_function(job: dict) -> None:
-    """Child-process entry: grade ``job["function"]`` of the submission in ``job["submission"]``.
-
-    ``job`` keys: ``submission``, ``solution`` (reference repository), ``function``, ``result_path``
-    (JSON written here), ``log_path`` (the child's stdout and stderr), ``threads``.
-    """
-    log = os.open(job["log_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    disable_network()
-    scratch = tempfile.mkdtemp(prefix="fcos-grade-")
-    os.environ["TORCH_HOME"] = os.path.join(scratch, "torch-home")
-    os.environ["MPLBACKEND"] = "Agg"
-    os.chdir(scratch)
-    torch.set_num_threads(int(job.get("threads", 1)))
+def _prepare(threads: int) -> None:
+    torch.set_num_threads(max(1, int(threads)))
     torch.set_flush_denormal(True)  # denormals make CPU convs of small random models much slower
     warnings.simplefilter("ignore")
 
-    function = job["function"]
-    payload = {"function": function, "checks": [], "import_errors": {}, "finished": False}
-    _write(job["result_path"], payload)
-    points = load_points(job.get("points_path", POINTS_PATH))
-    students, references, import_errors = load_modules(job["submission"], job["solution"])
-    payload["import_errors"] = import_errors
-    isolate(function, points, students, references)
-    env = kit_checks.Env(students, references, import_errors)
-    has_cuda = torch.cuda.is_available()
 
-    results: List[dict] = payload["checks"]
-    for check in kit_checks.CHECKS[function]:
-        result = {"name": check.name, "description": check.description, "published": check.published}
-        if check.needs_cuda and not has_cuda:
-            result.update(status="skipped", message="no CUDA device on the grading machine", seconds=0.0)
-            results.append(result)
-            continue
-        result.update(status="running")
-        results.append(result)
-        _write(job["result_path"], payload)  # a check that hangs is reported as the one that ran out of time
-        start = time.perf_counter()
+def run(payload: dict, submission_dir: str, answer_fd: int) -> None:
+    """Grade-side probe loop: import, isolate, probe each check, answer."""
+    answers = _Answers(answer_fd)
+    _prepare(payload["threads"])
+    max_chars = int(payload["exception_chars"])
+    inputs = wire.decode(payload["inputs"])  # the grader's own message: trusted
+    students, import_errors = load_students(submission_dir, payload["fallback_common"], max_chars)
+    try:
+        inject(payload["injection"], students)
+    except Exception as error:
+        import_errors["isolation"] = describe_exception(error, submission_dir, max_chars)
+    answers.send({"event": "imported", "import_errors": import_errors})
+    env = Env(students, {file: f"{e['type']}: {e['text']}" for file, e in import_errors.items()})
+    checks = {check.name: check for check in CHECKS[payload["function"]]}
+    for name in payload["checks"]:
+        answers.send({"event": "start", "check": name})
         torch.manual_seed(0)
+        start = time.perf_counter()
         try:
-            check.run(env)
-            result.update(status="passed", message="")
-        except AssertionError as error:
-            result.update(status="failed", message=str(error) or "assertion failed")
-        except BaseException as error:  # the student's code raised: NotImplementedError, shape errors ...
-            result.update(status="failed", message=_describe_exception(error, job["submission"]))
-        result["seconds"] = round(time.perf_counter() - start, 3)
-        _write(job["result_path"], payload)
+            outputs = checks[name].probe(env, inputs.get(name, {}))
+            message = {"event": "done", "check": name, "outputs": outputs}
+        except BaseException as error:  # the student's code raised: NotImplementedError, shape errors, exit ...
+            message = {"event": "done", "check": name, "error": describe_exception(error, submission_dir, max_chars)}
+        message["seconds"] = round(time.perf_counter() - start, 3)
+        answers.send(message)
         sys.stdout.flush()
-    payload["finished"] = True
-    payload["cpu_seconds"] = round(time.process_time(), 3)
-    _write(job["result_path"], payload)
+    answers.send({"event": "finished"})
+

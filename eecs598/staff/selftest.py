@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from eecs598.staff import grade, release
 from eecs598.staff import bugs as kit_bugs
+from eecs598.staff.sandbox import SandboxConfig
 
 __all__ = ["round_trip_problems", "grading_problems", "run_selftest", "main"]
 
@@ -62,8 +63,10 @@ def grading_problems(results: Sequence[grade.SubmissionResult], expectations: Se
     return problems
 
 
-def run_selftest(workers: int = 2, keep: Optional[str] = None, solution_dir: str = release.REPO_ROOT) -> List[str]:
-    """Run the three steps above; returns the problems found (empty: all good)."""
+def run_selftest(workers: int = 2, keep: Optional[str] = None, solution_dir: str = release.REPO_ROOT,
+                 sandbox_mode: str = "auto") -> List[str]:
+    """Run the three steps above; returns the problems found (empty: all good). ``sandbox_mode="process"``
+    grades without namespaces (the submissions here are the kit's own)."""
     scratch = keep or tempfile.mkdtemp(prefix="fcos-selftest-")
     try:
         release_dir = os.path.join(scratch, "release")
@@ -79,7 +82,8 @@ def run_selftest(workers: int = 2, keep: Optional[str] = None, solution_dir: str
             folder = kit_bugs.write_buggy_submission(bug, os.path.join(scratch, "bug-" + bug.name), solution_dir)
             submissions.append(folder)
             expectations.append((f"bug {bug.name}", {bug.breaks}))
-        results = grade.grade_submissions(submissions, workers=workers, solution_dir=solution_dir)
+        results = grade.grade_submissions(submissions, workers=workers, solution_dir=solution_dir,
+                                          sandbox_config=SandboxConfig(mode=sandbox_mode))
         grading = grading_problems(results, expectations)
         for result, (label, _) in zip(results, expectations):
             lost = [f.function for f in result.functions if f.points < f.max_points]
@@ -99,8 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="grading processes at a time (default: %(default)s)")
     parser.add_argument("--keep", metavar="DIR", help="build the release and submissions here and keep them")
+    parser.add_argument("--sandbox", choices=("auto", "namespaces", "process"), default="auto",
+                        help="containment while grading (process: without namespaces, e.g. on a laptop)")
     args = parser.parse_args(argv)
-    problems = run_selftest(workers=args.workers, keep=args.keep)
+    problems = run_selftest(workers=args.workers, keep=args.keep, sandbox_mode=args.sandbox)
     for problem in problems:
         print("PROBLEM:", problem)
     print("selftest:", "FAILED" if problems else "OK")

@@ -21,7 +21,7 @@ __all__ = ["MODEL_OPTION_KEYS", "build_fcos", "checkpoint_weights", "load_checkp
            "LoadedDetector", "load_detector"]
 
 # Model options of FCOS (keyword-only arguments), as the command line and the run config name them.
-MODEL_OPTION_KEYS = ("backbone", "backbone_weights", "p6p7", "head_norm", "box_loss", "center_sampling_radius")
+MODEL_OPTION_KEYS = ("backbone", "backbone_weights", "p6p7", "head_norm", "box_loss", "center_sampling_radius", "p2")
 _KNOWN_CLASSES = {"voc": list(VOC_CLASSES), "shapes": list(SHAPE_CLASSES)}
 
 

@@ -7,8 +7,9 @@ or, from the notebook, ``eecs598.tools.submit.make_a4_submission(REPO_DIR, "uniq
 Checks, before anything is written:
 
 - ``common.py``, ``one_stage_detector.py`` and ``one_stage_detector.ipynb`` are present;
-- no function is left unimplemented: no ``raise NotImplementedError("... is not implemented yet ...")``
-  stub and no ``pass`` stub alone in a "Replace "pass" statement with your code" block remains;
+- no function is left unimplemented: no "TODO: Implement" banner of the release still holds its stub
+  (``raise NotImplementedError("... is not implemented yet ...")`` or ``pass``), only ``pass`` or ``...``,
+  or nothing (:mod:`eecs598.tools.stubs`);
 - both modules import in a fresh Python process and define every function the course grades;
 - (warnings only) the notebook has been run and none of its outputs is an error.
 
@@ -26,6 +27,8 @@ import sys
 import zipfile
 from typing import List, Optional, Sequence, Tuple
 
+from eecs598.tools import stubs
+
 __all__ = ["REQUIRED_FILES", "OPTIONAL_FILES", "find_unimplemented", "check_submission", "make_a4_submission", "main"]
 
 REQUIRED_FILES = ("common.py", "one_stage_detector.py", "one_stage_detector.ipynb")
@@ -37,39 +40,16 @@ GRADED_NAMES = {
 }
 IMPORT_TIMEOUT_S = 300
 
-_RAISE_STUB = re.compile(r'raise NotImplementedError\("(?P<name>[^"]*?)(?: \(part \d+ of \d+\))? is not implemented yet')
-_REPLACE_PASS = '# Replace "pass" statement with your code'
-_TODO = re.compile(r"# TODO: Implement (?:part \d+ of \d+ of )?(?P<name>[\w.]+)")
-
 
 class SubmissionError(ValueError):
     """The folder cannot be submitted; the message lists every problem."""
 
 
 def find_unimplemented(text: str, file: str) -> List[str]:
-    """``"file:line: name"`` for every stub of the release still in ``text``."""
-    lines = text.split("\n")
-    found = []
-    for index, line in enumerate(lines):
-        match = _RAISE_STUB.search(line)
-        if match:
-            found.append(f"{file}:{index + 1}: {match.group('name')}")
-            continue
-        if line.strip() != _REPLACE_PASS:
-            continue
-        todo = next((_TODO.search(lines[j]) for j in range(index - 1, max(-1, index - 4), -1)
-                     if _TODO.search(lines[j])), None)
-        if todo is None:  # an optional block (helpers), or not a banner of ours
-            continue
-        code = []
-        for following in lines[index + 1:]:
-            if "END OF YOUR CODE" in following:
-                break
-            if following.strip() and not following.strip().startswith("#"):
-                code.append(following.strip())
-        if code == ["pass"]:
-            found.append(f"{file}:{index + 2}: {todo.group('name')}")
-    return found
+    """``"file:line: name"`` for every region of the release still unimplemented in ``text``: its stub, or
+    only ``pass`` / ``...`` / nothing, left in a "TODO: Implement" banner (the formats are
+    :mod:`eecs598.tools.stubs`, shared with the release that writes them)."""
+    return stubs.find_unimplemented(text, file)
 
 
 def _import_problems(folder: str) -> List[str]:

@@ -54,8 +54,8 @@ _REPORTED_SETTINGS = (
     "grad_clip_norm", "ema_decay", "cls_loss_weight", "fpn_channels", "stem_channels", "pretrained",
     "pretrained_loaded", "device", "num_workers", "seed", "score_thresh", "nms_thresh", "data_dir",
     "precision", "fused_optimizer", "no_step_sync", "image_cache", "compile_model", "preset", "backbone",
-    "backbone_weights", "head_norm", "box_loss", "center_sampling_radius", "p6p7", "augment", "tta",
-    "accumulate_steps", "freeze_bn", "memory_format")
+    "backbone_weights", "head_norm", "box_loss", "center_sampling_radius", "p6p7", "p2", "shape_size", "augment",
+    "tta", "accumulate_steps", "freeze_bn", "memory_format")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -206,8 +206,10 @@ def build_datasets(args, train: bool = True, prepare: bool = True):
     download = args.download and prepare
     if args.dataset == "shapes":
         kwargs = dict(image_size=args.image_size, num_train=args.num_train, num_val=args.num_val, seed=0)
-        if prepare:  # Shapes are at most 64 px (the generator's default), never larger than the image (32 px)
-            generate_shapes_dataset(args.data_dir, max_size=min(64, args.image_size), progress=not args.no_progress,
+        if prepare:  # Shapes are 14-64 px (the generator's default), never larger than the image (--image-size
+            # 32), unless --shape-size chose the range.
+            min_size, max_size = getattr(args, "shape_size", None) or (14, min(64, args.image_size))
+            generate_shapes_dataset(args.data_dir, min_size=min_size, max_size=max_size, progress=not args.no_progress,
                                     splits=("train", "val") if train else ("val",), **kwargs)
         train_set = ShapesDetection(args.data_dir, "train", generate=False, **kwargs) if train else None
         val_set = ShapesDetection(args.data_dir, "val", generate=False, **kwargs)

@@ -27,7 +27,7 @@ __all__ = ["RUN_CONFIG_KEYS", "UsageError", "build_parser", "parse_args", "setti
 # Settings that define the model and the data: saved in the checkpoint, so --eval-only rebuilds exactly them.
 RUN_CONFIG_KEYS = ("dataset", "data_dir", "image_size", "fpn_channels", "stem_channels", "pretrained",
                    "num_train", "num_val", "preset", "backbone", "backbone_weights", "head_norm", "box_loss",
-                   "center_sampling_radius", "p6p7") + CUSTOM_RUN_CONFIG_KEYS
+                   "center_sampling_radius", "p6p7", "p2", "shape_size") + CUSTOM_RUN_CONFIG_KEYS
 
 # The flag of each setting, for messages in the command line's words.
 _FLAGS = {"learning_rate": "--lr", "weight_decay": "--weight-decay", "max_iters": "--max-iters",
@@ -35,7 +35,7 @@ _FLAGS = {"learning_rate": "--lr", "weight_decay": "--weight-decay", "max_iters"
           "loss_weights": "--cls-loss-weight", "optimizer": "--optimizer", "precision": "--precision",
           "center_sampling_radius": "--center-sampling", "box_loss": "--box-loss", "head_norm": "--head-norm",
           "backbone": "--backbone", "backbone_weights": "--backbone-weights", "p6p7": "--p6p7",
-          "augment": "--augment", "accumulate_steps": "--accumulate", "freeze_bn": "--freeze-bn"}
+          "p2": "--fpn-p2", "augment": "--augment", "accumulate_steps": "--accumulate", "freeze_bn": "--freeze-bn"}
 # What a flag accepts beyond the setting itself.
 _FLAG_NOTES = {"--grad-clip": " (0 disables clipping)", "--ema-decay": " (0 disables the average)",
                "--center-sampling": " (0 disables centre sampling)"}
@@ -99,6 +99,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--center-sampling", dest="center_sampling_radius", type=float, default=None, metavar="RADIUS",
                    help="positives only within RADIUS strides of the box centre (0 disables)")
     g.add_argument("--p6p7", dest="p6p7", action="store_true", default=None, help="add P6/P7 levels")
+    g.add_argument("--fpn-p2", dest="p2", action="store_true", default=None,
+                   help="add a P2 level (stride 4) for small objects: P2 takes sizes under 32 px, P3 32-64")
     g.add_argument("--augment", choices=list(AUGMENT_CHOICES), default=None,
                    help="on-device training augmentation: horizontal flip, and scale jitter 0.8-1.25")
     g.add_argument("--tta", choices=list(TTA_CHOICES), default=None,
@@ -170,6 +172,9 @@ def _add_evaluation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("shapes data")
     g.add_argument("--num-train", type=int, default=None, help="generated training images (default: 3000)")
     g.add_argument("--num-val", type=int, default=None, help="generated validation images (default: 300)")
+    g.add_argument("--shape-size", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                   help="box sizes of the generated shapes in px, log-uniform (default: 14 64, at most "
+                        "--image-size); e.g. 6 24 for a small-object set")
     g = parser.add_argument_group("evaluation")
     g.add_argument("--score-thresh", type=float, default=SCORE_THRESH_MAP,
                    help=f"score threshold for the mAP files (default: {SCORE_THRESH_MAP})")
@@ -281,7 +286,20 @@ def settings_problem(args: argparse.Namespace) -> Optional[str]:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:  # also refuses nan
             return f"{option} must be in [0, 1], got {value}"
-    return _settings_problem(args)
+    return _shape_size_problem(args) or _settings_problem(args)
+
+
+def _shape_size_problem(args: argparse.Namespace) -> Optional[str]:
+    """``--shape-size MIN MAX``: two ints with ``4 <= MIN <= MAX <= --image-size`` (the generator's limits)."""
+    size = getattr(args, "shape_size", None)
+    if size is None:
+        return None
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"--shape-size must be two ints MIN MAX, got {size!r}"
+    if not 4 <= size[0] <= size[1] <= args.image_size:
+        return (f"--shape-size must satisfy 4 <= MIN <= MAX <= --image-size ({args.image_size}), "
+                f"got {size[0]} {size[1]}")
+    return None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

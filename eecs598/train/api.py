@@ -277,7 +277,7 @@ def _check_call(options, log_period, checkpoint_period, data_seed, resume, check
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
-def resolve_memory_format(memory_format: str, device: torch.device) -> Optional[torch.memory_format]:
+def resolve_memory_format(memory_format: str, device: torch.device) -> torch.memory_format:
     """The ``torch.memory_format`` for ``memory_format`` on ``device``: ``"auto"`` is channels-last on the CPU
     (oneDNN's convolutions are faster on it: docs/benchmarks.md) and contiguous elsewhere (on CUDA, public
     benchmarks measured channels-last RegNetX-400MF training about a third slower)."""
