@@ -1,7 +1,12 @@
 """Train a tiny FCOS for a few iterations, single-process or as one rank of ``torchrun``; save the
-history and final weights. Used by tests/test_distributed.py (run as a script)."""
+history and final weights. Used by tests/test_distributed.py (run as a script).
+
+``DDP_TEST_EVAL_SECONDS=S``: a periodic evaluation every 2 iterations that takes S seconds and appends
+``"<rank> <iteration>"`` to ``<out_path>.evals`` (so the test sees which ranks evaluated, and when).
+"""
 import os
 import sys
+import time
 
 import torch
 
@@ -11,6 +16,7 @@ import eecs598  # noqa: E402
 from a4_helper import ShapesDetection, train_detector  # noqa: E402
 from conftest import make_fcos  # noqa: E402
 from eecs598.train.distributed import convert_sync_batchnorm, init_from_environment, shard_batch_size  # noqa: E402
+from eecs598.train.hooks import PeriodicEvalHook  # noqa: E402
 from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
 
@@ -19,6 +25,21 @@ def collate_float64(samples):
     rounding amplified by a random network."""
     paths, images, gt_boxes = default_collate(samples)
     return paths, images.double(), gt_boxes.double()
+
+
+def slow_evaluation(out_path: str, context, seconds: float) -> PeriodicEvalHook:
+    """A periodic evaluation that takes ``seconds`` and records which rank ran it at which iteration."""
+    calls = []
+
+    def evaluate() -> float:
+        time.sleep(seconds)
+        with open(out_path + ".evals", "a") as f:
+            f.write(f"{context.rank} {len(calls) * 2 + 2}\n")
+        calls.append(1)
+        return 0.0
+
+    folder = os.path.dirname(out_path)
+    return PeriodicEvalHook(2, evaluate, os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt"))
 
 
 def main(data_dir: str, out_path: str, global_batch: int, iters: int, checkpoint: str = "") -> None:
@@ -37,9 +58,11 @@ def main(data_dir: str, out_path: str, global_batch: int, iters: int, checkpoint
         convert_sync_batchnorm(model, "cpu")
     loader = DataLoader(dataset, batch_size=shard_batch_size(global_batch, context.world_size),
                         collate_fn=collate_float64)
+    eval_seconds = os.environ.get("DDP_TEST_EVAL_SECONDS")
+    hooks = [slow_evaluation(out_path, context, float(eval_seconds))] if eval_seconds else []
     history = train_detector(model, loader, max_iters=iters, log_period=1, optimizer="sgd", learning_rate=float(os.environ.get("DDP_TEST_LR", "0.001")),
                              data_seed=7, plot=False, progress=False, distributed=context,
-                             checkpoint_path=checkpoint or None, checkpoint_period=2)
+                             checkpoint_path=checkpoint or None, checkpoint_period=2, hooks=hooks)
     if context.is_main:
         state = {k: v for k, v in model.state_dict().items()}
         torch.save({"history": history, "state": state, "normalizer": model.loss_normalizer}, out_path)

@@ -46,7 +46,7 @@ from .detector import build_fcos, load_checkpoint_weights
 from .train_args import (RUN_CONFIG_KEYS, UsageError, check_args, check_voc_files, model_options, parse_args,
                          settings_problem, train_settings)
 
-__all__ = ["main", "cli", "run", "build_datasets", "build_model", "train", "evaluate", "quick_map"]
+__all__ = ["main", "cli", "run", "build_datasets", "build_datasets_once", "build_model", "train", "evaluate", "quick_map"]
 
 # Settings of the run recorded in metrics.json.
 _REPORTED_SETTINGS = (
@@ -89,6 +89,8 @@ def cli(argv: Optional[List[str]] = None) -> int:
                     f"extract the tar there, and run again without --download.")
     except CheckpointError as e:
         return fail(f"{str(e).split('. ')[0]}.\nDelete it to train from scratch (or pass another --run-dir).")
+    except dist_utils.DistributedSetupError as e:  # torchrun's variables, or processes that did not meet
+        return fail(str(e))
     except KeyboardInterrupt:
         return fail("interrupted. Run the same command with --resume to continue from the last checkpoint.", 130)
     return 0
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     checkpoint_path = os.path.join(args.run_dir, "checkpoint.pt")
     checkpoint = load_for_evaluation(args, checkpoint_path) if args.eval_only else None
     start, cpu_start = time.time(), time.process_time()
-    train_set, val_set = build_datasets(args, train=checkpoint is None)
+    train_set, val_set = build_datasets_once(args, context, train=checkpoint is None)
     data_seconds = time.time() - start
 
     reset_seed(args.seed)
@@ -195,26 +197,42 @@ def load_for_evaluation(args: argparse.Namespace, checkpoint_path: str) -> dict:
     return checkpoint
 
 
-def build_datasets(args, train: bool = True):
+def build_datasets(args, train: bool = True, prepare: bool = True):
     """Train and val datasets of the chosen kind. ``train=False`` (``--eval-only``): the train split is
-    neither generated nor read, and ``None`` is returned for it."""
+    neither generated nor read, and ``None`` is returned for it. ``prepare=False``: only read what is on disk
+    (no Shapes generation, no ``--download``)."""
     if args.dataset in CUSTOM_DATASETS:  # one's own data: COCO, VOC XML, YOLO (eecs598.data.formats)
         return build_custom_datasets(args, UsageError, train=train)
+    download = args.download and prepare
     if args.dataset == "shapes":
         kwargs = dict(image_size=args.image_size, num_train=args.num_train, num_val=args.num_val, seed=0)
-        # Shapes are 14-64 px (the generator's default), never larger than the image (--image-size 32), unless
-        # --shape-size chose the range.
-        min_size, max_size = getattr(args, "shape_size", None) or (14, min(64, args.image_size))
-        generate_shapes_dataset(args.data_dir, min_size=min_size, max_size=max_size, progress=not args.no_progress,
-                                splits=("train", "val") if train else ("val",), **kwargs)
+        if prepare:  # Shapes are 14-64 px (the generator's default), never larger than the image (--image-size
+            # 32), unless --shape-size chose the range.
+            min_size, max_size = getattr(args, "shape_size", None) or (14, min(64, args.image_size))
+            generate_shapes_dataset(args.data_dir, min_size=min_size, max_size=max_size, progress=not args.no_progress,
+                                    splits=("train", "val") if train else ("val",), **kwargs)
         train_set = ShapesDetection(args.data_dir, "train", generate=False, **kwargs) if train else None
         val_set = ShapesDetection(args.data_dir, "val", generate=False, **kwargs)
     else:
-        train_set = (VOC2007DetectionTiny(args.data_dir, "train", download=args.download, image_size=args.image_size)
+        train_set = (VOC2007DetectionTiny(args.data_dir, "train", download=download, image_size=args.image_size)
                      if train else None)
-        val_set = VOC2007DetectionTiny(args.data_dir, "val", download=args.download and not train,
+        val_set = VOC2007DetectionTiny(args.data_dir, "val", download=download and not train,
                                        image_size=args.image_size)
     return train_set, val_set
+
+
+def build_datasets_once(args, context, train: bool = True):
+    """:func:`build_datasets` under ``torchrun``: rank 0 generates (or downloads) the data alone while the others
+    wait (``context.barrier``), then they read what it wrote. Every rank generating into one folder removed
+    the others' temporary folders (``.shapes.partial-*``) and swapped the images out under their readers."""
+    if not context.enabled:
+        return build_datasets(args, train=train)
+    if context.is_main:
+        datasets = build_datasets(args, train=train)
+        context.barrier()
+        return datasets
+    context.barrier()  # up to $EECS598_BARRIER_TIMEOUT s (default 1800): a download can take a while
+    return build_datasets(args, train=train, prepare=False)
 
 
 def build_model(args, num_classes: int) -> torch.nn.Module:

@@ -213,7 +213,9 @@ class PeriodicEvalHook(HookBase):
     """Every ``period`` iterations (and at the end): ``evaluate()`` -> a score (e.g. mAP on a val subset),
     saved with the model weights as ``last`` and, when it is the best so far, ``best``.
 
-    Distributed runs: rank 0 evaluates and writes, the other ranks wait for it (``trainer.barrier``).
+    Distributed runs: rank 0 evaluates and writes, the other ranks wait for it (``trainer.barrier``: under
+    ``torchrun`` a wait on the store of up to ``$EECS598_BARRIER_TIMEOUT`` seconds, default 1800, outside any
+    collective, so an evaluation may take longer than the 60 s join limit; ``eecs598.train.distributed``).
 
     Args:
         period: iterations between evaluations.
