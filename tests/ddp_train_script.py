@@ -1,6 +1,9 @@
 """Train a tiny FCOS for a few iterations, single-process or as one rank of ``torchrun``; save the
 history and final weights. Used by tests/test_distributed.py (run as a script).
 
+``DDP_TEST_ACCUMULATE=N``: ``accumulate_steps=N`` with frozen BatchNorm, each loader batch 1/N of the
+process's share of the global batch (set to 1 for the reference it is compared with).
+
 ``DDP_TEST_EVAL_SECONDS=S``: a periodic evaluation every 2 iterations that takes S seconds and appends
 ``"<rank> <iteration>"`` to ``<out_path>.evals`` (so the test sees which ranks evaluated, and when).
 """
@@ -56,13 +59,17 @@ def main(data_dir: str, out_path: str, global_batch: int, iters: int, checkpoint
     model = make_fcos(num_classes=5, fpn_channels=16, stem_channels=(16,)).double()
     if reference:
         convert_sync_batchnorm(model, "cpu")
-    loader = DataLoader(dataset, batch_size=shard_batch_size(global_batch, context.world_size),
+    # DDP_TEST_ACCUMULATE=N: each optimiser step over N micro-batches of the process's share (BatchNorm frozen,
+    # so that the split cannot change the statistics: the step must equal one global batch).
+    accumulate = int(os.environ.get("DDP_TEST_ACCUMULATE", "1"))
+    loader = DataLoader(dataset, batch_size=shard_batch_size(global_batch, context.world_size) // accumulate,
                         collate_fn=collate_float64)
+    accumulation = {"accumulate_steps": accumulate, "freeze_bn": True} if "DDP_TEST_ACCUMULATE" in os.environ else {}
     eval_seconds = os.environ.get("DDP_TEST_EVAL_SECONDS")
     hooks = [slow_evaluation(out_path, context, float(eval_seconds))] if eval_seconds else []
     history = train_detector(model, loader, max_iters=iters, log_period=1, optimizer="sgd", learning_rate=float(os.environ.get("DDP_TEST_LR", "0.001")),
                              data_seed=7, plot=False, progress=False, distributed=context,
-                             checkpoint_path=checkpoint or None, checkpoint_period=2, hooks=hooks)
+                             checkpoint_path=checkpoint or None, checkpoint_period=2, hooks=hooks, **accumulation)
     if context.is_main:
         state = {k: v for k, v in model.state_dict().items()}
         torch.save({"history": history, "state": state, "normalizer": model.loss_normalizer}, out_path)

@@ -97,6 +97,27 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path):
     assert os.path.isfile(tmp_path / "ckpt.pt")  # written by rank 0
 
 
+def test_two_processes_accumulating_two_micro_batches_match_one_process_with_the_global_batch(tmp_path):
+    """torchrun x accumulation: 2 processes x 2 micro-batches of 1 image = 1 process x 1 batch of 4, BatchNorm
+    frozen in both. DDP syncs gradients once per step (no_sync for the first micro-batch) and FCOS's loss
+    normaliser counts the foreground of both micro-batches of both processes, so losses, weights and the
+    normaliser agree to float64 rounding; a per-process or per-micro-batch normaliser would be off by > 1e-3."""
+    data = str(tmp_path / "shapes")
+    generate_shapes_dataset(data, num_train=8, num_val=1, image_size=64, seed=0, quiet=True)
+    single, double = str(tmp_path / "single.pt"), str(tmp_path / "double.pt")
+    _run([sys.executable, SCRIPT, data, single, "4", "3", "reference"], env={"DDP_TEST_ACCUMULATE": "1"})
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT, data,
+          double, "4", "3"], env={"DDP_TEST_ACCUMULATE": "2"})
+    one, two = torch.load(single), torch.load(double)
+    assert len(one["history"]["total"]) == len(two["history"]["total"]) == 3  # optimiser steps, not micro-batches
+    for name in one["history"]:
+        assert two["history"][name] == pytest.approx(one["history"][name], rel=1e-9), name
+    for name, value in one["state"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(two["state"][name], value, rtol=1e-9, atol=1e-10, msg=name)
+    assert two["normalizer"] == pytest.approx(one["normalizer"], rel=1e-9)
+
+
 # -- launch environment, rendezvous and waits (docs/reliability.md) ------------------------------------------
 
 def _free_port() -> int:
@@ -263,3 +284,20 @@ def test_ranks_wait_for_an_evaluation_longer_than_the_rendezvous_limit(tmp_path)
           str(out), "4", "4"], env={"DDP_TEST_EVAL_SECONDS": "4", "EECS598_RENDEZVOUS_TIMEOUT": "2"})
     assert (tmp_path / "double.pt.evals").read_text().split("\n") == ["0 2", "0 4", ""]
     assert torch.load(tmp_path / "last.pt", weights_only=True)["iteration"] == 4
+
+
+def test_cpu_synced_batchnorm_keeps_the_dtype_and_values_of_a_float64_model():
+    """convert_sync_batchnorm on the CPU used to build float32 layers and round a float64 model's BatchNorm
+    into them (found by the accumulation test above, whose reference is converted before freezing)."""
+    from eecs598.train.distributed import GlooSyncBatchNorm, convert_sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).double()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1 / 3, 2 / 3, 1.0, 4 / 3], dtype=torch.float64))
+        model[1].running_var.fill_(1 / 7)
+    expected = {name: value.clone() for name, value in model[1].state_dict().items()}
+    convert_sync_batchnorm(model, "cpu")
+    assert isinstance(model[1], GlooSyncBatchNorm)
+    for name, value in model[1].state_dict().items():
+        assert value.dtype == expected[name].dtype, name
+        assert torch.equal(value, expected[name]), name

@@ -320,8 +320,9 @@ def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlooSyncBatchNorm):
             synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                        child.track_running_stats)
+            like = child.weight if child.affine else child.running_mean
+            synced.to(device=like.device, dtype=like.dtype)  # a float64 model stays float64
             synced.load_state_dict(child.state_dict())
-            synced.to(device=child.weight.device if child.affine else child.running_mean.device)
             setattr(module, name, synced)
         else:
             convert_sync_batchnorm(child, device_type)
