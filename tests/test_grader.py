@@ -280,19 +280,25 @@ def test_submit_check_only_refuses_a_banner_with_pass(release_dir, tmp_path, cap
 # ------------------------------------------------------------------------------------------------
 
 
+def _patched_solution(folder, solution_dir, file, old, new):
+    """A submission folder: the solution's two modules, with ``old`` replaced by ``new`` once in ``file``."""
+    folder.mkdir()
+    for module in MODULES:
+        shutil.copy(os.path.join(solution_dir, module), folder / module)
+    text = _read(folder / file)
+    assert old in text, f"{old!r} is not in the solution's {file}"
+    (folder / file).write_text(text.replace(old, new, 1))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def crashing_run(tmp_path_factory, solution_dir):
     """The grade command on a submission whose nms prints a traceback and exits, with a fresh TMPDIR."""
     scratch = tmp_path_factory.mktemp("crash")
-    submission = scratch / "submission"
-    submission.mkdir()
-    for file in MODULES:
-        shutil.copy(os.path.join(solution_dir, file), submission / file)
-    text = _read(submission / "common.py")
     body = '    ### BEGIN SOLUTION\n    _check_nms_inputs("nms", boxes, scores, iou_threshold)'
     crash = ('    import sys as _s\n    _s.stderr.write("Traceback (most recent call last):\\n  SECRET-CHILD-OUTPUT\\n")\n'
              '    _s.stderr.flush()\n    os._exit(3)\n')
-    (submission / "common.py").write_text(text.replace(body, crash + body))
+    submission = _patched_solution(scratch / "submission", solution_dir, "common.py", body, crash + body)
     temporary = scratch / "tmp"
     temporary.mkdir()
     completed = subprocess.run(
@@ -407,15 +413,9 @@ def test_a_forkserver_lost_mid_job_reruns_the_job_instead_of_failing_the_batch(t
     import signal
     import threading
 
-    submission = tmp_path / "submission"
-    submission.mkdir()
-    for file in MODULES:
-        shutil.copy(os.path.join(solution_dir, file), submission / file)
-    text = _read(submission / "one_stage_detector.py")
     signature = "def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:\n"
-    assert signature in text
-    (submission / "one_stage_detector.py").write_text(
-        text.replace(signature, signature + "    __import__('time').sleep(3.0)\n", 1))
+    submission = _patched_solution(tmp_path / "submission", solution_dir, "one_stage_detector.py", signature,
+                                   signature + "    __import__('time').sleep(3.0)\n")
     killed = []
 
     def kill_forkserver_mid_job():

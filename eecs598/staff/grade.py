@@ -205,8 +205,8 @@ class _Grading:
                 break
             if attempt == 1 and lost_forkserver:
                 _wait_for_forkserver_exit()
-                print(f"grade: the forkserver ended while supervising {job['function']}; started a new one and "
-                      "ran the job again", file=sys.stderr)
+                print(f"grade: the forkserver ended while supervising {job['function']}; starting a new one to run the job "
+                      "again", file=sys.stderr)
                 continue
             raise GraderError(f"the supervisor of {job['function']} failed (exit code {process.exitcode}"
                               f"{': the forkserver it was started from ended' if process.exitcode == 255 else ''})")
